@@ -1,0 +1,172 @@
+"""`ragprep`: simulate a panel, encode it into a Zarr embedding store, inspect a store."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ragprep.cli_support import clean_errors, parse_shard
+from ragprep.model import PRESETS
+from ragprep.progress import console
+
+app = typer.Typer(
+    help="Prepare a reference panel for ragsnv: simulate, encode into an embedding store, inspect.\n\n"
+    "Example: ragprep simulate --out panel.vcf.gz && ragprep encode panel.vcf.gz --out store.zarr",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+
+
+class Preset(str, Enum):
+    demo = "demo"
+    research = "research"
+
+
+class MemoryDtype(str, Enum):
+    float16 = "float16"
+    int8 = "int8"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Compressor(str, Enum):
+    zstd = "zstd"
+    none = "none"
+
+
+class Multiallelic(str, Enum):
+    skip = "skip"
+    error = "error"
+
+
+@app.command(epilog="Example: ragprep simulate --out panel.vcf.gz --samples 500 --length 1e6 --seed 1")
+def simulate(
+    out: Annotated[Path, typer.Option(help="Output VCF (.vcf.gz: bgzipped, with a .tbi index).")],
+    samples: Annotated[int, typer.Option(min=1, help="Diploid samples, split over the model's populations.")] = 500,
+    length: Annotated[float, typer.Option(help="Sequence length in bp.")] = 1e6,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same file).")] = 1,
+    model: Annotated[str, typer.Option(help="stdpopsim HomSap demographic model, or 'constant'.")] = "OutOfAfrica_3G09",
+    contig: Annotated[str, typer.Option(help="Contig name written to the VCF.")] = "chr22",
+) -> None:
+    """Simulate a phased panel with msprime (offline) and write it as a bgzipped VCF."""
+    from ragprep.simulate import simulate_panel
+
+    with clean_errors():
+        path, ts = simulate_panel(out, samples, length, seed, model, contig)
+    console.print(f"wrote {path}: {ts.num_individuals} samples, {ts.num_sites} sites ({model}, seed {seed})")
+
+
+@app.command(epilog="Example: ragprep encode panel.vcf.gz --out store.zarr --dtype int8 --shard 0/2")
+def encode(
+    vcf: Annotated[Path, typer.Argument(help="Phased reference panel VCF/BCF (one contig, or use --region).")],
+    out: Annotated[str, typer.Option(help="Store path or fsspec URL (a Zarr v3 group).")],
+    preset: Annotated[Preset, typer.Option(help="Model size: demo (64/2/4, L 256) or research (192/10/6, L 1030).")] = Preset.demo,
+    window: Annotated[Optional[int], typer.Option(help="Sites a window (L); overrides the preset.")] = None,
+    stride: Annotated[Optional[int], typer.Option(help="Sites between window starts (default L - L/8).")] = None,
+    d_model: Annotated[Optional[int], typer.Option(help="Model dim; overrides the preset.")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Transformer layers; overrides the preset.")] = None,
+    heads: Annotated[Optional[int], typer.Option(help="Attention heads; overrides the preset.")] = None,
+    d_memory: Annotated[Optional[int], typer.Option(help="Stored memory dim (<= model dim).")] = None,
+    dtype: Annotated[MemoryDtype, typer.Option(help="Stored dtype: float16, or int8 with per-vector scales.")] = MemoryDtype.float16,
+    encoder: Annotated[Optional[Path], typer.Option(help="Trained checkpoint to encode with (refresh); default: weights from --seed.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the default encoder weights.")] = 1,
+    device: Annotated[Device, typer.Option(help="auto: CUDA if present, else CPU.")] = Device.auto,
+    batch_size: Annotated[int, typer.Option(min=1, help="Haplotypes a forward pass.")] = 256,
+    shard: Annotated[str, typer.Option(help="Encode windows w with w % n == i only: i/n.")] = "0/1",
+    overwrite: Annotated[bool, typer.Option(help="Delete an existing store and start over.")] = False,
+    compressor: Annotated[Compressor, typer.Option(help="Embedding chunks: zstd, or none (memory-mapped reads).")] = Compressor.zstd,
+    hap_block: Annotated[int, typer.Option(min=1, help="Haplotypes a chunk.")] = 64,
+    sharded: Annotated[bool, typer.Option(help="Zarr v3 sharding: one shard a window (fewer files).")] = False,
+    region: Annotated[Optional[str], typer.Option(help="CONTIG or CONTIG:START-END.")] = None,
+    multiallelic: Annotated[Multiallelic, typer.Option(help="skip (counted) or error.")] = Multiallelic.skip,
+) -> None:
+    """Run every reference haplotype window once through a frozen encoder; write a chunked Zarr store.
+
+    Resumable: re-running the same command skips windows already written.
+    """
+    from ragprep.encode import EncodeOptions
+    from ragprep.encode import encode as run_encode
+    from stores import open_store
+
+    with clean_errors():
+        overrides = {k: v for k, v in dict(window=window, d_model=d_model, n_layers=layers, n_heads=heads,
+                                           d_memory=d_memory).items() if v is not None}
+        config = PRESETS[preset.value]
+        if "d_model" in overrides and "d_memory" not in overrides:
+            overrides["d_memory"] = min(config.d_memory, overrides["d_model"])
+        options = EncodeOptions(
+            config=replace(config, **overrides), stride=stride, seed=seed, encoder=str(encoder) if encoder else None,
+            memory_dtype=dtype.value, device=device.value, batch_size=batch_size, shard=parse_shard(shard),
+            overwrite=overwrite, compressor=compressor.value, hap_block=hap_block, sharded=sharded, region=region,
+            multiallelic=multiallelic.value,
+        )
+        report = run_encode(str(vcf), out, options)
+        store = open_store(out, require_complete=False)
+    state = "complete" if report.windows_done == report.windows_total else "incomplete"
+    console.print(
+        f"encoded {report.windows_encoded} windows on {report.device} in {report.seconds:.1f} s "
+        f"({report.haplotype_sites_per_s:,.0f} haplotype-sites/s; encoder {report.encoder_seconds:.1f} s, "
+        f"writes {report.write_seconds:.1f} s); store {state}: {report.windows_done}/{report.windows_total} windows, "
+        f"{_bytes_per_site(store):.1f} bytes per haplotype-site"
+    )
+
+
+def _bytes_per_site(store) -> float:
+    done = store.windows_done()
+    sites = int(store.windows["window_length"][done].sum()) * store.n_haplotypes
+    return store.bytes_on_disk() / max(sites, 1)
+
+
+@app.command(epilog="Example: ragprep inspect store.zarr --json")
+def inspect(
+    store_url: Annotated[str, typer.Argument(metavar="STORE", help="Store path or fsspec URL.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Report a store: format, panel, windows done, encoder fingerprint, dims, dtype, bytes on disk."""
+    from stores import open_store
+
+    with clean_errors():
+        store = open_store(store_url, require_complete=False)
+    meta = store.meta
+    done = store.windows_done()
+    info = {
+        "store": store_url,
+        "format_version": meta.format_version,
+        "complete": bool(done.all()),
+        "contig": store.contig,
+        "samples": int(store.sample_ids.size),
+        "haplotypes": store.n_haplotypes,
+        "sites": int(store.positions.size),
+        "windows_done": int(done.sum()),
+        "windows_total": int(done.size),
+        "window_length": meta.window["length"],
+        "window_stride": meta.window["stride"],
+        "encoder_fingerprint": meta.encoder_fingerprint,
+        "encoder_source": meta.encoder_source,
+        "d_model": meta.d_model,
+        "d_memory": meta.d_memory,
+        "n_layers": meta.encoder_config.get("n_layers"),
+        "n_heads": meta.encoder_config.get("n_heads"),
+        "memory_dtype": meta.memory_dtype,
+        "compressor": meta.compressor,
+        "sharded": meta.sharded,
+        "embedding_bytes_on_disk": store.bytes_on_disk(),
+        "bytes_per_haplotype_site": round(_bytes_per_site(store), 3),
+        "source": meta.source_path,
+        "source_sha256": meta.source_sha256,
+        "tool_version": meta.tool_version,
+    }
+    if as_json:
+        print(json.dumps(info))
+        return
+    width = max(map(len, info))
+    for key, value in info.items():
+        console.print(f"{key:<{width}}  {value}", highlight=False)

@@ -1,0 +1,177 @@
+"""`ragprep encode`: every reference haplotype window once through a frozen encoder, into a Zarr store."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import TextColumn
+
+from ragprep import __version__
+from ragprep.model import Bert, BertConfig, build_bert, fingerprint, load_bert_checkpoint
+from ragprep.progress import console, progress_bar
+from ragprep.vcf import Panel, read_panel
+from ragprep.windows import WindowPlan, pad_window
+from stores import StoreMeta, StoreWriter, create_store, schema
+from stores.quantize import quantize_int8
+from stores.writer import is_local, local_path
+
+
+@dataclass
+class EncodeOptions:
+    config: BertConfig = field(default_factory=BertConfig)
+    stride: int | None = None  # default: window length minus an eighth (overlap for stitching)
+    seed: int = 1
+    encoder: str | None = None  # checkpoint path; its config replaces `config`
+    memory_dtype: str = "float16"
+    device: str = "auto"
+    batch_size: int = 256
+    shard: tuple[int, int] = (0, 1)
+    overwrite: bool = False
+    compressor: str = "zstd"
+    hap_block: int = 64
+    sharded: bool = False
+    region: str | None = None
+    multiallelic: str = "skip"
+
+
+@dataclass
+class EncodeReport:
+    windows_encoded: int
+    windows_total: int
+    windows_done: int
+    haplotype_sites: int
+    seconds: float
+    encoder_seconds: float
+    write_seconds: float
+    device: str
+
+    @property
+    def haplotype_sites_per_s(self) -> float:
+        return self.haplotype_sites / max(self.seconds, 1e-9)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device; fix: use --device auto or cpu")
+    return torch.device(device)
+
+
+def default_stride(window: int) -> int:
+    return max(1, window - window // 8)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def panel_arrays(panel: Panel, plan: WindowPlan) -> dict[str, np.ndarray]:
+    """The panel and window-plan arrays of a store, under their schema (VCF Zarr) names."""
+    n_variants, n_samples = panel.n_variants, panel.n_samples
+    return {
+        schema.CONTIG_ID: np.asarray([panel.contig], dtype=str),
+        schema.VARIANT_CONTIG: np.zeros(n_variants, dtype=np.int16),
+        schema.VARIANT_POSITION: panel.positions,
+        schema.VARIANT_ALLELE: np.stack([panel.ref, panel.alt], axis=1).astype(str),
+        schema.VARIANT_AF: panel.af,
+        schema.SAMPLE_ID: panel.sample_ids.astype(str),
+        schema.CALL_GENOTYPE: panel.alleles.reshape(n_variants, n_samples, 2),
+        schema.CALL_GENOTYPE_PHASED: np.ones((n_variants, n_samples), dtype=bool),
+        schema.WINDOW_START: plan.starts,
+        schema.WINDOW_LENGTH: plan.lengths,
+        schema.WINDOW_CORE_START: plan.core_starts,
+        schema.WINDOW_CORE_END: plan.core_ends,
+    }
+
+
+def encode_window(bert: Bert, alleles: np.ndarray, af: np.ndarray, length: int, batch_size: int,
+                  device: torch.device) -> np.ndarray:
+    """Memory embeddings float32 [H, length, d_memory] of one window's haplotypes [H, n]; padding rows are 0."""
+    tokens, af_padded, valid = pad_window(alleles, af, length)
+    af_t = torch.from_numpy(af_padded).to(device)
+    valid_t = torch.from_numpy(valid).to(device)
+    out = np.zeros((tokens.shape[0], length, bert.config.d_memory), dtype=np.float32)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for start in range(0, tokens.shape[0], batch_size):
+            batch = torch.from_numpy(tokens[start:start + batch_size]).to(device, non_blocking=True)
+            b = batch.shape[0]
+            memory = bert.encode_memory(batch, af_t.expand(b, -1), valid_t.expand(b, -1))
+            out[start:start + b] = memory.float().cpu().numpy()
+    out[:, ~valid] = 0.0
+    return out
+
+
+def load_encoder(options: EncodeOptions) -> tuple[Bert, str]:
+    if options.encoder:
+        return load_bert_checkpoint(options.encoder), str(options.encoder)
+    return build_bert(options.config, options.seed), f"seed:{options.seed}"
+
+
+def encode(vcf: str, out: str, options: EncodeOptions) -> EncodeReport:
+    """Encode a phased panel into `out`, resuming a matching store; returns throughput figures."""
+    started = time.perf_counter()
+    device = resolve_device(options.device)
+    panel = read_panel(vcf, region=options.region, multiallelic=options.multiallelic)  # type: ignore[arg-type]
+    console.print(panel.summary())
+    bert, source = load_encoder(options)
+    config = bert.config
+    plan = WindowPlan(config.window, options.stride or default_stride(config.window), panel.n_variants)
+    meta = StoreMeta(
+        encoder_fingerprint=fingerprint(bert), encoder_config=config.to_dict(), encoder_source=source,
+        d_model=config.d_model, d_memory=config.d_memory, memory_dtype=options.memory_dtype,
+        window=plan.to_dict(), source_path=str(vcf), source_sha256=file_sha256(vcf), region=options.region,
+        n_haplotypes=panel.n_haplotypes, hap_block=options.hap_block, compressor=options.compressor,
+        sharded=options.sharded, tool_version=__version__,
+    )
+    exists = local_path(out).exists() if is_local(out) else False
+    if options.overwrite or not exists:
+        create_store(out, meta, panel_arrays(panel, plan), overwrite=options.overwrite)
+    writer = StoreWriter(out, meta)
+    index, count = options.shard
+    done = writer.windows_done()
+    todo = [w for w in range(plan.n_windows) if w % count == index and not done[w]]
+    bert = bert.to(device).eval()
+    af = panel.af
+    encoder_seconds = write_seconds = 0.0
+    sites = 0
+    rate = TextColumn("{task.fields[rate]}")
+    with progress_bar(rate) as progress, ThreadPoolExecutor(max_workers=1) as pool:
+        task = progress.add_task(f"encode {Path(vcf).name}", total=len(todo), rate="")
+        pending: Future | None = None
+        for window in todo:
+            t0 = time.perf_counter()
+            span = plan.sites(window)
+            memory = encode_window(bert, panel.alleles[span].T, af[span], plan.length, options.batch_size, device)
+            encoder_seconds += time.perf_counter() - t0
+            if pending is not None:
+                write_seconds += pending.result()
+            pending = pool.submit(_write, writer, window, memory, options.memory_dtype)
+            sites += panel.n_haplotypes * int(plan.lengths[window])
+            elapsed = time.perf_counter() - started
+            progress.update(task, advance=1, rate=f"{sites / elapsed:,.0f} haplotype-sites/s")
+        if pending is not None:
+            write_seconds += pending.result()
+    windows_done = int(writer.windows_done().sum())
+    return EncodeReport(len(todo), plan.n_windows, windows_done, sites, time.perf_counter() - started,
+                        encoder_seconds, write_seconds, str(device))
+
+
+def _write(writer: StoreWriter, window: int, memory: np.ndarray, dtype: str) -> float:
+    t0 = time.perf_counter()
+    if dtype == "int8":
+        values, scales = quantize_int8(memory)
+        writer.write_window(window, values, scales)
+    else:
+        writer.write_window(window, memory.astype(np.float16))
+    return time.perf_counter() - t0

@@ -1,0 +1,185 @@
+"""The project's one BERT over haplotype windows: frozen in `ragprep encode`, trainable in `ragtrain fit`.
+
+Tokens are alleles (REF, ALT, MASK, PAD); each site adds a position-in-window embedding and an embedding of
+its ALT allele frequency. Pre-LN blocks, attention through scaled_dot_product_attention with a padding mask
+(flash / memory-efficient kernels: memory linear in the window length), GELU FFN. `memory_proj` maps hidden
+states to the memory dim stored for retrieval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REF, ALT, MASK, PAD = 0, 1, 2, 3
+VOCAB = 4
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    window: int = 256  # sites a window: size of the position table
+    d_memory: int = 32  # dim of the stored memory, <= d_model
+    ffn_mult: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        if not 1 <= self.d_memory <= self.d_model:
+            raise ValueError(f"d_memory must be in 1..d_model ({self.d_model}), got {self.d_memory}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BertConfig:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+PRESETS: dict[str, BertConfig] = {
+    "demo": BertConfig(),
+    "research": BertConfig(d_model=192, n_layers=10, n_heads=6, window=1030, d_memory=192),
+}
+
+
+def alleles_to_tokens(alleles: torch.Tensor) -> torch.Tensor:
+    """int alleles (0, 1, -1 missing) -> tokens (REF, ALT, MASK). Padding is set by the caller."""
+    return torch.where(alleles < 0, torch.full_like(alleles, MASK), alleles).long()
+
+
+class SiteEmbedding(nn.Module):
+    """Allele token + position in the window + ALT allele frequency, summed."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.token = nn.Embedding(VOCAB, config.d_model)
+        self.position = nn.Embedding(config.window, config.d_model)
+        self.af = nn.Linear(2, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, tokens: torch.Tensor, af: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(tokens.shape[-1], device=tokens.device)
+        af_features = torch.stack([af, torch.sqrt(af * (1 - af))], dim=-1).to(self.af.weight.dtype)
+        return self.dropout(self.token(tokens) + self.position(positions) + self.af(af_features))
+
+
+def attention_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
+    """bool [B, Lk] (True = real site) -> SDPA mask [B, 1, 1, Lk]; None when nothing is padded."""
+    if valid is None or bool(valid.all()):
+        return None
+    return valid[:, None, None, :]
+
+
+class Attention(nn.Module):
+    """Multi-head attention through SDPA. Self-attention when `memory` is None, else cross-attention."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, d_kv: int | None = None) -> None:
+        super().__init__()
+        self.n_heads, self.dropout = n_heads, dropout
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_kv or d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, memory: torch.Tensor | None = None) -> torch.Tensor:
+        source = x if memory is None else memory
+        q = self._heads(self.q(x))
+        k, v = (self._heads(t) for t in self.kv(source).chunk(2, dim=-1))
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return self.out(y.transpose(1, 2).flatten(2))
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d_model: int, mult: int, dropout: float) -> None:
+        super().__init__(nn.Linear(d_model, mult * d_model), nn.GELU(), nn.Linear(mult * d_model, d_model),
+                         nn.Dropout(dropout))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln(x)), then x + ffn(ln(x))."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(config.d_model)
+        self.attn = Attention(config.d_model, config.n_heads, config.dropout)
+        self.ln_ffn = nn.LayerNorm(config.d_model)
+        self.ffn = FeedForward(config.d_model, config.ffn_mult, config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), mask)
+        return x + self.ffn(self.ln_ffn(x))
+
+
+class Bert(nn.Module):
+    """BERT over one window of haplotypes: tokens [B, L], af [B, L] or [L], valid [B, L] -> hidden [B, L, D]."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = SiteEmbedding(config)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = nn.LayerNorm(config.d_model)
+        self.memory_proj = nn.Linear(config.d_model, config.d_memory)
+        self.apply(_init_weights)
+
+    def forward(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embed(tokens, af)
+        mask = attention_mask(valid)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
+
+    def encode_memory(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states projected to the memory dim: what the store keeps for every reference haplotype."""
+        return self.memory_proj(self(tokens, af, valid))
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
+def build_bert(config: BertConfig, seed: int) -> Bert:
+    """A Bert initialised deterministically from `seed`, without touching the global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Bert(config)
+
+
+def fingerprint(bert: Bert) -> str:
+    """sha256 (first 16 hex) of the config and every weight, in name order: identifies an encoder exactly."""
+    digest = hashlib.sha256(json.dumps(bert.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(bert.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(tensor.detach().float().cpu().numpy()).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_bert_checkpoint(path: str | Path) -> Bert:
+    """The Bert inside a checkpoint (ragtrain's, or one saved by `save_bert`), loaded with weights_only=True."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "bert_config" not in ckpt:
+        raise ValueError(f"{path}: not a ragsnv checkpoint (no bert_config); fix: pass a ragtrain checkpoint")
+    bert = Bert(BertConfig.from_dict(ckpt["bert_config"]))
+    state = ckpt.get("bert_state") or {k[len("bert."):]: v for k, v in ckpt["model"].items() if k.startswith("bert.")}
+    bert.load_state_dict(state)
+    return bert
+
+
+def save_bert(bert: Bert, path: str | Path) -> None:
+    torch.save({"bert_config": bert.config.to_dict(), "bert_state": bert.state_dict()}, path)

@@ -1,0 +1,232 @@
+"""Read phased, diploid, biallelic sites of one contig from a VCF/BCF with cyvcf2."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from cyvcf2 import VCF
+
+from ragprep.errors import InputError
+from ragprep.progress import record_spinner
+
+MISSING = -1
+Multiallelic = Literal["skip", "error"]
+
+
+@dataclass
+class Panel:
+    """Haplotypes of one contig. Haplotype h is allele (h % 2) of sample (h // 2)."""
+
+    path: str
+    contig: str
+    positions: np.ndarray  # int64 [V], 1-based, strictly increasing
+    ref: np.ndarray  # str [V]
+    alt: np.ndarray  # str [V]
+    sample_ids: np.ndarray  # str [N]
+    alleles: np.ndarray  # int8 [V, 2N]: 0 REF, 1 ALT, -1 missing (targets only)
+    contig_length: int | None = None
+    skipped_multiallelic: int = 0
+    skipped_examples: list[str] = field(default_factory=list)
+
+    @property
+    def n_variants(self) -> int:
+        return int(self.alleles.shape[0])
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.sample_ids.shape[0])
+
+    @property
+    def n_haplotypes(self) -> int:
+        return int(self.alleles.shape[1])
+
+    @property
+    def af(self) -> np.ndarray:
+        """ALT allele frequency per site over observed haplotypes (float32 [V])."""
+        observed = self.alleles >= 0
+        alt = (self.alleles == 1).sum(axis=1)
+        return (alt / np.maximum(observed.sum(axis=1), 1)).astype(np.float32)
+
+    def site_label(self, i: int) -> str:
+        return f"{self.contig}:{int(self.positions[i])}"
+
+    def summary(self) -> str:
+        text = (
+            f"{self.path}: {self.n_samples} samples ({self.n_haplotypes} haplotypes), "
+            f"{self.n_variants} biallelic sites on {self.contig}"
+        )
+        if self.positions.size:
+            text += f" ({self.positions[0]}-{self.positions[-1]})"
+        if self.skipped_multiallelic:
+            text += (
+                f"; skipped {self.skipped_multiallelic} multiallelic records"
+                f" (first: {', '.join(self.skipped_examples)})"
+            )
+        return text
+
+
+def parse_region(region: str | None) -> tuple[str, int, int] | None:
+    """`chr22` or `chr22:1000-2000` (1-based, inclusive) -> (contig, start, end)."""
+    if region is None:
+        return None
+    match = re.fullmatch(r"([^:]+)(?::([\d,]+)-([\d,]+))?", region.strip())
+    if not match:
+        raise InputError("--region", f"cannot parse region {region!r}", "write it as CONTIG or CONTIG:START-END")
+    contig, start, end = match.groups()
+    if start is None:
+        return contig, 1, 2**62
+    return contig, int(start.replace(",", "")), int(end.replace(",", ""))
+
+
+def open_vcf(path: str) -> VCF:
+    """Open a VCF/BCF, turning cyvcf2's failure into a one-line InputError."""
+    try:
+        return VCF(str(path), lazy=True, threads=1)
+    except (OSError, Exception) as err:  # cyvcf2 raises OSError, sometimes plain Exception
+        raise InputError(
+            path, f"not a readable VCF/BCF ({str(err).splitlines()[0][:120]})",
+            "check the path and that it is a VCF, bgzipped VCF or BCF",
+        ) from None
+
+
+def read_panel(
+    path: str,
+    region: str | None = None,
+    multiallelic: Multiallelic = "skip",
+    allow_missing: bool = False,
+    what: str = "panel",
+) -> Panel:
+    """Read phased diploid biallelic records of one contig into a Panel.
+
+    `allow_missing` keeps missing alleles as -1 (targets); a panel must be complete.
+    Every problem raises InputError naming the file, contig:pos, the sample where it applies, and the fix.
+    """
+    vcf = open_vcf(path)
+    samples = np.asarray(vcf.samples, dtype=str)
+    if samples.size == 0:
+        raise InputError(path, f"the {what} has no samples", "give a VCF with phased FORMAT/GT sample columns")
+    wanted = parse_region(region)
+    records = _records(vcf, path, region, wanted)
+    contig_lengths = dict(zip(vcf.seqnames, vcf.seqlens)) if _has_lengths(vcf) else {}
+
+    positions: list[int] = []
+    refs: list[str] = []
+    alts: list[str] = []
+    rows: list[np.ndarray] = []
+    contig: str | None = None
+    skipped = 0
+    skipped_examples: list[str] = []
+    last = "the header"
+    with record_spinner(f"reading {path}") as tick:
+        while True:
+            try:
+                rec = next(records)
+            except StopIteration:
+                break
+            except Exception:  # htslib read error mid-file: truncated or corrupt
+                raise InputError(
+                    path, f"the file breaks after record {last} (truncated or corrupt bgzip?)",
+                    "re-create it (bgzip / bcftools view -Oz) and check it with `bcftools view`",
+                ) from None
+            where = f"{rec.CHROM}:{rec.POS}"
+            if wanted is not None and (rec.CHROM != wanted[0] or not wanted[1] <= rec.POS <= wanted[2]):
+                continue
+            if contig is None:
+                contig = rec.CHROM
+            elif rec.CHROM != contig:
+                raise InputError(
+                    path, f"records of a second contig ({rec.CHROM} after {contig}) and no --region",
+                    f"pass --region {contig} (one contig a store), or split the file by contig",
+                    where,
+                )
+            if positions and rec.POS <= positions[-1]:
+                if rec.POS == positions[-1]:
+                    raise InputError(
+                        path, "duplicate position (a second record at the same site)",
+                        "keep one record a site, e.g. `bcftools norm -m +any` or `bcftools norm -d all`", where,
+                    )
+                raise InputError(
+                    path, f"records are not sorted (this one follows {contig}:{positions[-1]})",
+                    "sort it with `bcftools sort -Oz`", where,
+                )
+            if len(rec.ALT) != 1 or rec.ALT[0] in ("", "."):
+                if len(rec.ALT) > 1 and multiallelic == "skip":
+                    skipped += 1
+                    if len(skipped_examples) < 3:
+                        skipped_examples.append(where)
+                    last = where
+                    continue
+                problem = "multiallelic record" if len(rec.ALT) > 1 else "record without an ALT allele"
+                raise InputError(
+                    path, problem,
+                    "drop such records (`bcftools view -m2 -M2`) or use --multiallelic skip", where,
+                )
+            rows.append(_haplotype_row(rec.genotype.array(), samples, path, where, allow_missing))
+            positions.append(rec.POS)
+            refs.append(rec.REF)
+            alts.append(rec.ALT[0])
+            last = where
+            tick()
+    if not rows:
+        scope = f" in region {region}" if region else ""
+        raise InputError(path, f"the {what} has no biallelic records{scope}", "check the file and --region")
+    return Panel(
+        path=str(path),
+        contig=str(contig),
+        positions=np.asarray(positions, dtype=np.int64),
+        ref=np.asarray(refs, dtype=str),
+        alt=np.asarray(alts, dtype=str),
+        sample_ids=samples,
+        alleles=np.stack(rows),
+        contig_length=contig_lengths.get(contig),
+        skipped_multiallelic=skipped,
+        skipped_examples=skipped_examples,
+    )
+
+
+def _has_lengths(vcf: VCF) -> bool:
+    try:
+        return bool(vcf.seqlens)
+    except Exception:  # no ##contig lengths in the header
+        return False
+
+
+def _records(vcf: VCF, path: str, region: str | None, wanted: tuple[str, int, int] | None):
+    """Iterate records, through the index when a region is asked for and one exists."""
+    if wanted is not None:
+        try:
+            return iter(vcf(region))
+        except Exception:  # no index: scan the whole file and filter
+            pass
+    return iter(vcf)
+
+
+def _haplotype_row(gt: np.ndarray, samples: np.ndarray, path: str, where: str, allow_missing: bool) -> np.ndarray:
+    """cyvcf2 genotype array [N, ploidy + 1] (last column: phased flag) -> int8 [2N] haplotype alleles."""
+    ploidy = gt.shape[1] - 1
+    calls = gt[:, :ploidy]
+    if ploidy != 2 or (calls == -2).any():  # -2 pads calls of a lower ploidy
+        bad = int(np.argmax((calls == -2).any(axis=1))) if ploidy == 2 else 0
+        observed = ploidy - int((calls[bad] == -2).sum())
+        raise InputError(
+            path, f"sample {samples[bad]} has ploidy {observed}; ragsnv needs diploid calls",
+            "keep diploid samples and contigs only (e.g. `bcftools view -s` or drop chrX/chrY)", where,
+        )
+    missing = calls == MISSING
+    if missing.any() and not allow_missing:
+        bad = int(np.argmax(missing.any(axis=1)))
+        raise InputError(
+            path, f"sample {samples[bad]} has a missing allele",
+            "impute and phase the panel first (e.g. Beagle 5), or drop the record", where,
+        )
+    unphased = (gt[:, ploidy] == 0) & ~missing.any(axis=1)
+    if unphased.any():
+        bad = int(np.argmax(unphased))
+        raise InputError(
+            path, f"sample {samples[bad]} is unphased",
+            "phase the file first (e.g. Beagle 5 or SHAPEIT5)", where,
+        )
+    return calls.astype(np.int8).reshape(-1)

@@ -1,0 +1,178 @@
+"""Open and validate a store, and read what the trainer needs without touching other windows.
+
+Neighbour embeddings come back as a MemoryBlock (stored dtype, plus int8 scales); callers dequantise where
+it is cheapest (on the device). Uncompressed, unsharded stores on local disk are read through np.memmap on
+the chunk files themselves (zero-copy); other stores through zarr, one window's chunks at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+
+import numpy as np
+import zarr
+
+from stores import schema
+from stores.errors import StoreError
+from stores.quantize import dequantize_int8
+from stores.writer import is_local, local_path
+
+REQUIRED = (
+    schema.VARIANT_POSITION, schema.VARIANT_ALLELE, schema.VARIANT_AF, schema.SAMPLE_ID, schema.CALL_GENOTYPE,
+    schema.WINDOW_START, schema.WINDOW_LENGTH, schema.WINDOW_CORE_START, schema.WINDOW_CORE_END,
+    schema.WINDOW_DONE, schema.EMBEDDINGS,
+)
+
+
+@dataclass
+class MemoryBlock:
+    """Embeddings of some haplotypes in one window: values [n, L, d] (float16 or int8), scales [n, L] for int8."""
+
+    values: np.ndarray
+    scales: np.ndarray | None = None
+
+    def dequantize(self) -> np.ndarray:
+        if self.scales is None:
+            return self.values.astype(np.float32)
+        return dequantize_int8(self.values, self.scales)
+
+
+class EmbeddingStore:
+    """Read access to one store. Use `open_store`, which validates it first."""
+
+    def __init__(self, url: str, storage_options: dict | None = None, use_mmap: bool = True) -> None:
+        self.url = str(url)
+        try:
+            self.group = zarr.open_group(self.url, mode="r", storage_options=storage_options)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+            raise StoreError(f"{url}: no ragsnv store there; fix: create one with `ragprep encode`") from None
+        attrs = self.group.attrs.get(schema.ATTRS_KEY)
+        if not isinstance(attrs, dict):
+            raise StoreError(f"{url}: a Zarr group but not a ragsnv store; fix: create one with `ragprep encode`")
+        version = attrs.get("format_version")
+        if version != schema.FORMAT_VERSION:
+            raise StoreError(
+                f"{url}: store format version {version}, this ragsnv reads version {schema.FORMAT_VERSION}; "
+                "fix: re-encode it with `ragprep encode --overwrite`"
+            )
+        missing = [name for name in REQUIRED if name not in self.group]
+        if missing:
+            raise StoreError(f"{url}: store lacks arrays {missing}; fix: re-encode it with `ragprep encode --overwrite`")
+        self.meta = schema.StoreMeta.from_dict(attrs)
+        self.embeddings = self.group[schema.EMBEDDINGS]
+        self.scales = self.group[schema.EMBEDDING_SCALE] if self.meta.memory_dtype == "int8" else None
+        self.mmap = use_mmap and is_local(self.url) and self.meta.compressor == "none" and not self.meta.sharded
+        self._chunk = lru_cache(maxsize=8192)(self._open_chunk)
+
+    # --- shape and completeness -------------------------------------------------------------------------
+    @property
+    def n_windows(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    @property
+    def n_haplotypes(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @property
+    def window_length(self) -> int:
+        return int(self.embeddings.shape[2])
+
+    @property
+    def d_memory(self) -> int:
+        return int(self.embeddings.shape[3])
+
+    def windows_done(self) -> np.ndarray:
+        return np.asarray(self.group[schema.WINDOW_DONE][:], dtype=bool)
+
+    @property
+    def is_complete(self) -> bool:
+        return bool(self.windows_done().all())
+
+    # --- panel and window plan --------------------------------------------------------------------------
+    @cached_property
+    def contig(self) -> str:
+        return str(self.group[schema.CONTIG_ID][0])
+
+    @cached_property
+    def positions(self) -> np.ndarray:
+        return np.asarray(self.group[schema.VARIANT_POSITION][:])
+
+    @cached_property
+    def alleles_ref_alt(self) -> np.ndarray:
+        """str [variants, 2]: REF, ALT."""
+        return np.asarray(self.group[schema.VARIANT_ALLELE][:])
+
+    @cached_property
+    def af(self) -> np.ndarray:
+        return np.asarray(self.group[schema.VARIANT_AF][:])
+
+    @cached_property
+    def sample_ids(self) -> np.ndarray:
+        return np.asarray(self.group[schema.SAMPLE_ID][:])
+
+    @cached_property
+    def windows(self) -> dict[str, np.ndarray]:
+        names = (schema.WINDOW_START, schema.WINDOW_LENGTH, schema.WINDOW_CORE_START, schema.WINDOW_CORE_END)
+        return {name: np.asarray(self.group[name][:]) for name in names}
+
+    def haplotypes(self, start: int, stop: int) -> np.ndarray:
+        """int8 [haplotypes, stop - start]: panel alleles of sites start..stop, haplotype-major."""
+        calls = np.asarray(self.group[schema.CALL_GENOTYPE][start:stop])
+        return np.ascontiguousarray(calls.reshape(calls.shape[0], -1).T)
+
+    def window_haplotypes(self, window: int) -> np.ndarray:
+        start = int(self.windows[schema.WINDOW_START][window])
+        return self.haplotypes(start, start + int(self.windows[schema.WINDOW_LENGTH][window]))
+
+    # --- embeddings -------------------------------------------------------------------------------------
+    def read_neighbours(self, window: int, haplotypes: np.ndarray) -> MemoryBlock:
+        """Embeddings of `haplotypes` (any order, repeats allowed) in `window`, reading only their chunks."""
+        ids = np.asarray(haplotypes, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.n_haplotypes):
+            raise IndexError(f"haplotype ids must be in 0..{self.n_haplotypes - 1}")
+        if self.mmap:
+            return MemoryBlock(self._gather_mmap(window, ids))
+        unique, inverse = np.unique(ids, return_inverse=True)
+        values = np.asarray(self.embeddings.oindex[window, unique])[inverse]
+        scales = None if self.scales is None else np.asarray(self.scales.oindex[window, unique])[inverse]
+        return MemoryBlock(values, scales)
+
+    def read_window(self, window: int) -> MemoryBlock:
+        """Every haplotype's embeddings in one window: [H, L, d]."""
+        scales = None if self.scales is None else np.asarray(self.scales[window])
+        return MemoryBlock(np.asarray(self.embeddings[window]), scales)
+
+    def _gather_mmap(self, window: int, ids: np.ndarray) -> np.ndarray:
+        block = self.meta.hap_block
+        out = np.empty((ids.size, self.window_length, self.d_memory), dtype=self.embeddings.dtype.to_native_dtype()
+                       if hasattr(self.embeddings.dtype, "to_native_dtype") else self.embeddings.dtype)
+        blocks = ids // block
+        for b in np.unique(blocks):
+            rows = np.nonzero(blocks == b)[0]
+            out[rows] = self._chunk(window, int(b))[ids[rows] - b * block]
+        return out
+
+    def _open_chunk(self, window: int, block: int) -> np.memmap:
+        path = local_path(self.url) / schema.EMBEDDINGS / "c" / str(window) / str(block) / "0" / "0"
+        shape = (self.meta.hap_block, self.window_length, self.d_memory)
+        return np.memmap(path, dtype=np.dtype(self.meta.memory_dtype).newbyteorder("<"), mode="r", shape=shape)
+
+    def bytes_on_disk(self) -> int:
+        """Stored bytes of the embeddings (and scales)."""
+        total = self.embeddings.nbytes_stored()
+        return total + (self.scales.nbytes_stored() if self.scales is not None else 0)
+
+
+def open_store(url: str, require_complete: bool = True, storage_options: dict | None = None,
+               use_mmap: bool = True) -> EmbeddingStore:
+    """Open and validate a store; an incomplete one is refused unless `require_complete` is False."""
+    store = EmbeddingStore(url, storage_options=storage_options, use_mmap=use_mmap)
+    if require_complete:
+        done = store.windows_done()
+        if not done.all():
+            raise StoreError(
+                f"{url}: incomplete store ({int(done.sum())} of {done.size} windows encoded); "
+                "fix: re-run the same `ragprep encode` command to finish it (it resumes)"
+            )
+    return store

@@ -1,0 +1,85 @@
+"""Store layout: array names (VCF Zarr names for the panel), the metadata record, and the format version.
+
+A store is one Zarr v3 group = one panel + one encoder:
+
+    contig_id            str   [contigs]                   VCF Zarr
+    variant_contig       int16 [variants]                  VCF Zarr (index into contig_id)
+    variant_position     int64 [variants]                  VCF Zarr (1-based)
+    variant_allele       str   [variants, 2]               VCF Zarr (REF, ALT)
+    variant_af           f32   [variants]                  ALT allele frequency of the panel
+    sample_id            str   [samples]                   VCF Zarr
+    call_genotype        int8  [variants, samples, 2]      VCF Zarr (haplotype h = sample h//2, allele h%2)
+    call_genotype_phased bool  [variants, samples]         VCF Zarr
+    window_start, window_length, window_core_start, window_core_end   int64 [windows]
+    window_done          bool  [windows]  chunk = 1 window: set only after the window's embeddings are written
+    embeddings           f16|i8 [windows, haplotypes, L, d]  chunk = (1 window, hap_block haplotypes, L, d)
+    embedding_scale      f16   [windows, haplotypes, L]      int8 only: per-vector scale
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+FORMAT_VERSION = 1
+ATTRS_KEY = "ragsnv"
+
+CONTIG_ID = "contig_id"
+VARIANT_CONTIG = "variant_contig"
+VARIANT_POSITION = "variant_position"
+VARIANT_ALLELE = "variant_allele"
+VARIANT_AF = "variant_af"
+SAMPLE_ID = "sample_id"
+CALL_GENOTYPE = "call_genotype"
+CALL_GENOTYPE_PHASED = "call_genotype_phased"
+WINDOW_START = "window_start"
+WINDOW_LENGTH = "window_length"
+WINDOW_CORE_START = "window_core_start"
+WINDOW_CORE_END = "window_core_end"
+WINDOW_DONE = "window_done"
+EMBEDDINGS = "embeddings"
+EMBEDDING_SCALE = "embedding_scale"
+
+MEMORY_DTYPES = ("float16", "int8")
+COMPRESSORS = ("zstd", "none")
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """Everything that identifies a store's content; kept in the group attributes under ATTRS_KEY."""
+
+    encoder_fingerprint: str
+    encoder_config: dict
+    encoder_source: str  # "seed:N" or the checkpoint path
+    d_model: int
+    d_memory: int
+    memory_dtype: str
+    window: dict  # WindowPlan.to_dict(): length, stride, n_sites
+    source_path: str
+    source_sha256: str
+    region: str | None
+    n_haplotypes: int
+    hap_block: int = 64
+    compressor: str = "zstd"
+    sharded: bool = False
+    tool_version: str = "0.0.0"
+    format_version: int = FORMAT_VERSION
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.memory_dtype not in MEMORY_DTYPES:
+            raise ValueError(f"memory dtype must be one of {MEMORY_DTYPES}, got {self.memory_dtype!r}")
+        if self.compressor not in COMPRESSORS:
+            raise ValueError(f"compressor must be one of {COMPRESSORS}, got {self.compressor!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StoreMeta:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def content_key(self) -> dict:
+        """The fields two runs must share to write into the same store (resume, shards)."""
+        data = self.to_dict()
+        data.pop("tool_version")
+        return data

@@ -1,0 +1,124 @@
+"""Create a store and write window embeddings into it, crash-safe and shard-safe.
+
+A window counts as written only once `window_done[w]` is set, after its embeddings; every window has its own
+chunks (and shard), so writers of disjoint windows never touch the same object.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from stores import schema
+from stores.errors import StoreError
+
+
+def is_local(url: str) -> bool:
+    return "://" not in str(url) or str(url).startswith("file://")
+
+
+def local_path(url: str) -> Path:
+    return Path(str(url).removeprefix("file://"))
+
+
+def create_store(
+    url: str,
+    meta: schema.StoreMeta,
+    arrays: dict[str, np.ndarray],
+    overwrite: bool = False,
+    storage_options: dict | None = None,
+) -> None:
+    """Write a new store: metadata, panel and window arrays, and empty embedding arrays.
+
+    `arrays` maps schema names to numpy arrays (panel and window plan). On a local disk the store is built
+    beside its target and renamed into place, so a store either exists whole or not at all.
+    """
+    if not is_local(url):
+        _populate(zarr.open_group(url, mode="w", storage_options=storage_options), meta, arrays)
+        return
+    target = local_path(url)
+    if target.exists():
+        if not overwrite:
+            raise StoreError(f"{url}: already exists; fix: pass --overwrite to start over, or another --out")
+        shutil.rmtree(target)
+    staging = target.with_name(f".{target.name}.creating-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    _populate(zarr.open_group(str(staging), mode="w"), meta, arrays)
+    try:
+        staging.rename(target)
+    except OSError:  # another shard created it first: use theirs if it matches
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _populate(group: zarr.Group, meta: schema.StoreMeta, arrays: dict[str, np.ndarray]) -> None:
+    for name, values in arrays.items():
+        if values.dtype.kind == "U":  # variable-length UTF-8: the string type other Zarr readers share
+            group.create_array(name, shape=values.shape, dtype=str, chunks=_panel_chunks(values))[...] = values
+        else:
+            group.create_array(name, data=values, chunks=_panel_chunks(values))
+    n_windows = len(arrays[schema.WINDOW_START])
+    group.create_array(schema.WINDOW_DONE, shape=(n_windows,), chunks=(1,), dtype=bool, fill_value=False)
+    length, d, h, block = meta.window["length"], meta.d_memory, meta.n_haplotypes, meta.hap_block
+    compressors = ZstdCodec(level=3) if meta.compressor == "zstd" else None
+    block_shards = -(-h // block) * block
+    common = dict(compressors=compressors, fill_value=0, config={"write_empty_chunks": True})
+    group.create_array(
+        schema.EMBEDDINGS, shape=(n_windows, h, length, d), dtype=meta.memory_dtype,
+        chunks=(1, block, length, d), shards=(1, block_shards, length, d) if meta.sharded else None, **common,
+    )
+    if meta.memory_dtype == "int8":
+        group.create_array(
+            schema.EMBEDDING_SCALE, shape=(n_windows, h, length), dtype="float16",
+            chunks=(1, block, length), shards=(1, block_shards, length) if meta.sharded else None, **common,
+        )
+    group.attrs[schema.ATTRS_KEY] = meta.to_dict()
+
+
+def _panel_chunks(values: np.ndarray) -> tuple[int, ...]:
+    """Chunk panel arrays along variants in blocks of about 16 MiB, whole along the other axes."""
+    if values.ndim == 0 or values.size == 0:
+        return values.shape or (1,)
+    row_bytes = max(1, values[0].nbytes if values.ndim > 1 else values.itemsize)
+    rows = int(max(1, min(values.shape[0], (16 << 20) // row_bytes)))
+    return (rows, *values.shape[1:])
+
+
+class StoreWriter:
+    """Writes whole windows into an existing store whose metadata matches `meta`."""
+
+    def __init__(self, url: str, meta: schema.StoreMeta, storage_options: dict | None = None) -> None:
+        self.url = url
+        try:
+            self.group = zarr.open_group(url, mode="r+", storage_options=storage_options)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            raise StoreError(f"{url}: no store there; fix: check the path") from None
+        found = schema.StoreMeta.from_dict(self.group.attrs.get(schema.ATTRS_KEY, {})).content_key()
+        wanted = meta.content_key()
+        diff = [k for k in wanted if found.get(k) != wanted[k]]
+        if diff:
+            k = diff[0]
+            raise StoreError(
+                f"{url}: exists with other settings ({k}: {found.get(k)!r} there, {wanted[k]!r} now); "
+                "fix: pass --overwrite to start over, or another --out"
+            )
+        self.meta = meta
+        self.embeddings = self.group[schema.EMBEDDINGS]
+        self.scales = self.group[schema.EMBEDDING_SCALE] if meta.memory_dtype == "int8" else None
+        self.done = self.group[schema.WINDOW_DONE]
+
+    def windows_done(self) -> np.ndarray:
+        return np.asarray(self.done[:], dtype=bool)
+
+    def write_window(self, window: int, values: np.ndarray, scales: np.ndarray | None = None) -> None:
+        """values [H, L, d] in the store's dtype (and scales [H, L] for int8); then mark the window done."""
+        self.embeddings[window] = values
+        if self.scales is not None:
+            if scales is None:
+                raise ValueError("an int8 store needs per-vector scales")
+            self.scales[window] = scales
+        self.done[window] = True
