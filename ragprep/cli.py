@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -55,11 +55,19 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same file).")] = 1,
     model: Annotated[str, typer.Option(help="stdpopsim HomSap demographic model, or 'constant'.")] = "OutOfAfrica_3G09",
     contig: Annotated[str, typer.Option(help="Contig name written to the VCF.")] = "chr22",
+    holdout: Annotated[int, typer.Option(min=0, help="Also simulate N held-out samples: OUT.truth.vcf.gz (all sites) "
+                                         "and OUT.target.vcf.gz (array-like subset).")] = 0,
+    array_every: Annotated[int, typer.Option(min=1, help="Target typed at every Nth site with MAF >= --array-min-maf.")] = 10,
+    array_min_maf: Annotated[float, typer.Option(help="Minimum panel MAF of target (array) sites.")] = 0.05,
 ) -> None:
     """Simulate a phased panel with msprime (offline) and write it as a bgzipped VCF."""
-    from ragprep.simulate import simulate_panel
+    from ragprep.simulate import simulate_panel, simulate_split
 
     with clean_errors():
+        if holdout:
+            paths = simulate_split(out, samples, holdout, length, seed, model, contig, array_every, array_min_maf)
+            console.print("wrote " + ", ".join(f"{kind} {path}" for kind, path in paths.items()))
+            return
         path, ts = simulate_panel(out, samples, length, seed, model, contig)
     console.print(f"wrote {path}: {ts.num_individuals} samples, {ts.num_sites} sites ({model}, seed {seed})")
 
@@ -69,14 +77,14 @@ def encode(
     vcf: Annotated[Path, typer.Argument(help="Phased reference panel VCF/BCF (one contig, or use --region).")],
     out: Annotated[str, typer.Option(help="Store path or fsspec URL (a Zarr v3 group).")],
     preset: Annotated[Preset, typer.Option(help="Model size: demo (64/2/4, L 256) or research (192/10/6, L 1030).")] = Preset.demo,
-    window: Annotated[Optional[int], typer.Option(help="Sites a window (L); overrides the preset.")] = None,
-    stride: Annotated[Optional[int], typer.Option(help="Sites between window starts (default L - L/8).")] = None,
-    d_model: Annotated[Optional[int], typer.Option(help="Model dim; overrides the preset.")] = None,
-    layers: Annotated[Optional[int], typer.Option(help="Transformer layers; overrides the preset.")] = None,
-    heads: Annotated[Optional[int], typer.Option(help="Attention heads; overrides the preset.")] = None,
-    d_memory: Annotated[Optional[int], typer.Option(help="Stored memory dim (<= model dim).")] = None,
+    window: Annotated[int | None, typer.Option(help="Sites a window (L); overrides the preset.")] = None,
+    stride: Annotated[int | None, typer.Option(help="Sites between window starts (default L - L/8).")] = None,
+    d_model: Annotated[int | None, typer.Option(help="Model dim; overrides the preset.")] = None,
+    layers: Annotated[int | None, typer.Option(help="Transformer layers; overrides the preset.")] = None,
+    heads: Annotated[int | None, typer.Option(help="Attention heads; overrides the preset.")] = None,
+    d_memory: Annotated[int | None, typer.Option(help="Stored memory dim (<= model dim).")] = None,
     dtype: Annotated[MemoryDtype, typer.Option(help="Stored dtype: float16, or int8 with per-vector scales.")] = MemoryDtype.float16,
-    encoder: Annotated[Optional[Path], typer.Option(help="Trained checkpoint to encode with (refresh); default: weights from --seed.")] = None,
+    encoder: Annotated[Path | None, typer.Option(help="Trained checkpoint to encode with (refresh); default: weights from --seed.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the default encoder weights.")] = 1,
     device: Annotated[Device, typer.Option(help="auto: CUDA if present, else CPU.")] = Device.auto,
     batch_size: Annotated[int, typer.Option(min=1, help="Haplotypes a forward pass.")] = 256,
@@ -85,7 +93,7 @@ def encode(
     compressor: Annotated[Compressor, typer.Option(help="Embedding chunks: zstd, or none (memory-mapped reads).")] = Compressor.zstd,
     hap_block: Annotated[int, typer.Option(min=1, help="Haplotypes a chunk.")] = 64,
     sharded: Annotated[bool, typer.Option(help="Zarr v3 sharding: one shard a window (fewer files).")] = False,
-    region: Annotated[Optional[str], typer.Option(help="CONTIG or CONTIG:START-END.")] = None,
+    region: Annotated[str | None, typer.Option(help="CONTIG or CONTIG:START-END.")] = None,
     multiallelic: Annotated[Multiallelic, typer.Option(help="skip (counted) or error.")] = Multiallelic.skip,
 ) -> None:
     """Run every reference haplotype window once through a frozen encoder; write a chunked Zarr store.
@@ -115,7 +123,7 @@ def encode(
         f"encoded {report.windows_encoded} windows on {report.device} in {report.seconds:.1f} s "
         f"({report.haplotype_sites_per_s:,.0f} haplotype-sites/s; encoder {report.encoder_seconds:.1f} s, "
         f"writes {report.write_seconds:.1f} s); store {state}: {report.windows_done}/{report.windows_total} windows, "
-        f"{_bytes_per_site(store):.1f} bytes per haplotype-site"
+        f"{_bytes_per_site(store):.1f} bytes per haplotype-site", soft_wrap=True,
     )
 
 
@@ -168,5 +176,9 @@ def inspect(
         print(json.dumps(info))
         return
     width = max(map(len, info))
-    for key, value in info.items():
-        console.print(f"{key:<{width}}  {value}", highlight=False)
+    for key, value in info.items():  # the report goes to stdout, like --json; progress and errors to stderr
+        print(f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":  # `python -m ragprep.cli ...` runs the CLI too
+    app()

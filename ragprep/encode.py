@@ -123,7 +123,7 @@ def encode(vcf: str, out: str, options: EncodeOptions) -> EncodeReport:
     started = time.perf_counter()
     device = resolve_device(options.device)
     panel = read_panel(vcf, region=options.region, multiallelic=options.multiallelic)  # type: ignore[arg-type]
-    console.print(panel.summary())
+    console.print(panel.summary(), soft_wrap=True)  # one line in logs, however long the path
     bert, source = load_encoder(options)
     config = bert.config
     plan = WindowPlan(config.window, options.stride or default_stride(config.window), panel.n_variants)

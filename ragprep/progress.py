@@ -36,8 +36,10 @@ def progress_bar(*extra_columns) -> Progress:
 @contextmanager
 def record_spinner(description: str, every: int = 5000) -> Iterator[Callable[[], None]]:
     """A spinner that counts records read; yields a tick() to call once a record."""
+    # off a terminal a transient spinner shows nothing and leaves a blank line: disable it there
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed} records"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
+                  TimeElapsedColumn(), console=console, transient=True,
+                  disable=not console.is_terminal) as progress:
         task = progress.add_task(description, total=None)
         count = 0
 

@@ -65,3 +65,36 @@ def simulate_panel(out: str | Path, samples: int, length: float, seed: int, mode
                    contig: str = "chr22") -> tuple[Path, tskit.TreeSequence]:
     ts = simulate_tree_sequence(samples, length, seed, model)
     return write_vcf(ts, out, contig), ts
+
+
+def array_sites(ts: tskit.TreeSequence, reference: np.ndarray, every: int, min_maf: float) -> np.ndarray:
+    """Site ids of an array-like subset: every `every`-th biallelic site with MAF >= `min_maf` in the reference
+    individuals (AF from the reference panel only, never from the held-out samples)."""
+    nodes = np.concatenate([ts.individual(i).nodes for i in reference])
+    eligible = []
+    for variant in ts.variants(samples=nodes):
+        if len(variant.alleles) - (variant.alleles[-1] is None) != 2:
+            continue
+        af = float(np.mean(variant.genotypes == 1))
+        if min(af, 1 - af) >= min_maf:
+            eligible.append(variant.site.id)
+    return np.asarray(eligible[::every], dtype=np.int64)
+
+
+def simulate_split(out: str | Path, samples: int, holdout: int, length: float, seed: int,
+                   model: str = "OutOfAfrica_3G09", contig: str = "chr22", array_every: int = 10,
+                   array_min_maf: float = 0.05) -> dict[str, Path]:
+    """A reference panel plus `holdout` held-out samples: their full genotypes (truth) and an array-like
+    target typed at every `array_every`-th common site. Files: OUT, OUT.truth.vcf.gz, OUT.target.vcf.gz."""
+    ts = simulate_tree_sequence(samples + holdout, length, seed, model)
+    held = np.sort(np.random.default_rng([seed, 0x401D]).choice(ts.num_individuals, holdout, replace=False))
+    reference = np.setdiff1d(np.arange(ts.num_individuals), held)
+    names = individual_names(ts)
+    out = Path(out)
+    stem = out.name.removesuffix(".gz").removesuffix(".vcf")
+    paths = {"panel": write_vcf(ts, out, contig, names, reference),
+             "truth": write_vcf(ts, out.with_name(f"{stem}.truth.vcf.gz"), contig, names, held)}
+    typed = array_sites(ts, reference, array_every, array_min_maf)
+    untyped = np.setdiff1d(np.arange(ts.num_sites), typed)
+    paths["target"] = write_vcf(ts.delete_sites(untyped), out.with_name(f"{stem}.target.vcf.gz"), contig, names, held)
+    return paths

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -85,7 +88,7 @@ def open_vcf(path: str) -> VCF:
     """Open a VCF/BCF, turning cyvcf2's failure into a one-line InputError."""
     try:
         return VCF(str(path), lazy=True, threads=1)
-    except (OSError, Exception) as err:  # cyvcf2 raises OSError, sometimes plain Exception
+    except Exception as err:  # cyvcf2 raises OSError, sometimes plain Exception
         raise InputError(
             path, f"not a readable VCF/BCF ({str(err).splitlines()[0][:120]})",
             "check the path and that it is a VCF, bgzipped VCF or BCF",
@@ -159,10 +162,15 @@ def read_panel(
                         skipped_examples.append(where)
                     last = where
                     continue
-                problem = "multiallelic record" if len(rec.ALT) > 1 else "record without an ALT allele"
+                if len(rec.ALT) > 1:
+                    raise InputError(
+                        path, f"multiallelic record (ALT {','.join(rec.ALT)})",
+                        "split or drop such records (`bcftools norm -m -any`, `bcftools view -m2 -M2`) "
+                        "or use --multiallelic skip", where,
+                    )
                 raise InputError(
-                    path, problem,
-                    "drop such records (`bcftools view -m2 -M2`) or use --multiallelic skip", where,
+                    path, "record without an ALT allele (monomorphic site)",
+                    "drop such records (`bcftools view -m2 -M2`)", where,
                 )
             rows.append(_haplotype_row(rec.genotype.array(), samples, path, where, allow_missing))
             positions.append(rec.POS)
@@ -194,39 +202,48 @@ def _has_lengths(vcf: VCF) -> bool:
         return False
 
 
-def _records(vcf: VCF, path: str, region: str | None, wanted: tuple[str, int, int] | None):
-    """Iterate records, through the index when a region is asked for and one exists."""
-    if wanted is not None:
-        try:
-            return iter(vcf(region))
-        except Exception:  # no index: scan the whole file and filter
-            pass
-    return iter(vcf)
+def _records(vcf: VCF, path: str, region: str | None, wanted: tuple[str, int, int] | None) -> Iterator:
+    """Iterate records, through the index when a region is asked for and one exists, else by a full scan."""
+    if wanted is None:
+        return iter(vcf)
+    query = vcf(region)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # cyvcf2 warns when the index has no records there
+            first = next(query)  # cyvcf2 reads the index lazily: a missing one fails here
+    except StopIteration:
+        return iter(())
+    except Exception:  # no index (or a broken one): scan the whole file and filter
+        return iter(vcf)
+    return itertools.chain([first], query)
 
 
 def _haplotype_row(gt: np.ndarray, samples: np.ndarray, path: str, where: str, allow_missing: bool) -> np.ndarray:
     """cyvcf2 genotype array [N, ploidy + 1] (last column: phased flag) -> int8 [2N] haplotype alleles."""
-    ploidy = gt.shape[1] - 1
-    calls = gt[:, :ploidy]
-    if ploidy != 2 or (calls == -2).any():  # -2 pads calls of a lower ploidy
-        bad = int(np.argmax((calls == -2).any(axis=1))) if ploidy == 2 else 0
-        observed = ploidy - int((calls[bad] == -2).sum())
+    calls = gt[:, :-1]
+    ploidy = (calls != -2).sum(axis=1)  # -2 pads calls of a lower ploidy than the record's widest
+    blank = (ploidy == 1) & (calls[:, 0] == MISSING)  # GT ".": a missing call of unwritten ploidy
+    wrong = (ploidy != 2) & ~blank
+    if wrong.any():
+        bad = int(np.argmax(wrong))
         raise InputError(
-            path, f"sample {samples[bad]} has ploidy {observed}; ragsnv needs diploid calls",
+            path, f"sample {samples[bad]} has ploidy {ploidy[bad]}; ragsnv needs diploid calls",
             "keep diploid samples and contigs only (e.g. `bcftools view -s` or drop chrX/chrY)", where,
         )
-    missing = calls == MISSING
+    alleles = np.full((calls.shape[0], 2), MISSING, dtype=np.int8)
+    alleles[~blank] = calls[~blank, :2]
+    missing = (alleles == MISSING).any(axis=1)
     if missing.any() and not allow_missing:
-        bad = int(np.argmax(missing.any(axis=1)))
+        bad = int(np.argmax(missing))
         raise InputError(
             path, f"sample {samples[bad]} has a missing allele",
             "impute and phase the panel first (e.g. Beagle 5), or drop the record", where,
         )
-    unphased = (gt[:, ploidy] == 0) & ~missing.any(axis=1)
+    unphased = (gt[:, -1] == 0) & ~missing  # cyvcf2 flags a missing './.' unphased: missing is checked first
     if unphased.any():
         bad = int(np.argmax(unphased))
         raise InputError(
             path, f"sample {samples[bad]} is unphased",
             "phase the file first (e.g. Beagle 5 or SHAPEIT5)", where,
         )
-    return calls.astype(np.int8).reshape(-1)
+    return alleles.reshape(-1)

@@ -1,6 +1,159 @@
 """`ragtrain`: fit, impute, evaluate, bench."""
 
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-app = typer.Typer(help="Train and apply ragsnv models.", no_args_is_help=True, pretty_exceptions_enable=False,
-                  add_completion=False)
+from ragprep.cli_support import clean_errors
+from ragprep.progress import console
+
+app = typer.Typer(
+    help="Train and apply ragsnv imputation models.\n\n"
+    "Example: ragtrain fit --store store.zarr --out runs/exp1",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+
+
+class RagMode(str, Enum):
+    precomputed = "precomputed"
+    online = "online"
+    none = "none"
+
+
+class Fusion(str, Enum):
+    aligned = "aligned"
+    full = "full"
+
+
+class Retrieval(str, Enum):
+    auto = "auto"
+    faiss = "faiss"
+    torch = "torch"
+
+
+@app.command(epilog="Examples: ragtrain fit --store store.zarr --out runs/exp1 --max-steps 300\n\n"
+             "ragtrain fit --store store.zarr --out runs/exp1 --resume    # continues where it stopped")
+def fit(
+    store: Annotated[str, typer.Option(help="Embedding store from `ragprep encode` (path or fsspec URL).")],
+    out: Annotated[Path, typer.Option(help="Run folder: last.pt, best.pt, metrics.csv.")],
+    train: Annotated[Path | None, typer.Option(help="Separate phased training VCF (default: the panel, split by sample).")] = None,
+    rag_mode: Annotated[RagMode, typer.Option(help="precomputed (stored memory), online (research baseline), none.")] = RagMode.precomputed,
+    k: Annotated[int, typer.Option(min=1, help="Neighbours retrieved a window.")] = 8,
+    fusion: Annotated[Fusion, typer.Option(help="aligned: each site attends to neighbours at that site; full: all sites.")] = Fusion.aligned,
+    fusion_layers: Annotated[str | None, typer.Option(help="Comma-separated layers followed by fusion (default: all).")] = None,
+    neighbour_alleles: Annotated[bool, typer.Option(help="Embed the neighbours' alleles beside their stored states.")] = True,
+    adapter: Annotated[bool, typer.Option(help="Light trainable adapter over the memory (LUMEN-style).")] = False,
+    mask: Annotated[str, typer.Option(help="Training masks: random:LO-HI, af:LO-HI, or array:EVERY:MIN_MAF.")] = "random:0.3-0.8",
+    val_mask: Annotated[str, typer.Option(help="Fixed validation mask (same syntax).")] = "array:8:0.05",
+    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Samples held out for validation.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of split, masks, batch order and new weights.")] = 1,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs (one epoch: every window for every training query).")] = 1,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps in all (overrides --epochs).")] = None,
+    stop_after: Annotated[int | None, typer.Option(min=1, help="Stop this run after so many steps (checkpointed); continue with --resume.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Query haplotypes a batch (one window a batch).")] = 32,
+    accumulate: Annotated[int, typer.Option(min=1, help="Gradient accumulation steps.")] = 1,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
+    warmup: Annotated[int, typer.Option(min=1, help="Warm-up steps.")] = 20,
+    eval_every: Annotated[int, typer.Option(min=1, help="Validate and checkpoint every N steps.")] = 100,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    checkpointing: Annotated[bool, typer.Option(help="Gradient checkpointing (less memory, ~30% more time).")] = False,
+    encoder: Annotated[Path | None, typer.Option(help="The checkpoint the store was encoded with (if not a seed).")] = None,
+    retrieval: Annotated[Retrieval, typer.Option(help="Exact top-k backend: FAISS, or torch.")] = Retrieval.auto,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt exactly where it stopped.")] = False,
+) -> None:
+    """Train a BERT over query haplotypes that cross-attends to retrieved, precomputed reference memory."""
+    from ragtrain.fit import FitOptions
+    from ragtrain.fit import fit as run_fit
+
+    with clean_errors():
+        layers = tuple(int(x) for x in fusion_layers.split(",")) if fusion_layers else ()
+        options = FitOptions(
+            store=store, out=str(out), train_vcf=str(train) if train else None, rag_mode=rag_mode.value, k=k,
+            fusion=fusion.value, fusion_layers=layers, neighbour_alleles=neighbour_alleles, adapter=adapter,
+            mask=mask, val_mask=val_mask, val_fraction=val_fraction, seed=seed, epochs=epochs, max_steps=max_steps,
+            stop_after=stop_after, batch_size=batch_size, accumulate=accumulate, lr=lr, warmup=warmup,
+            eval_every=eval_every, device=device, checkpointing=checkpointing,
+            encoder=str(encoder) if encoder else None, retrieval=retrieval.value, resume=resume,
+        )
+        result = run_fit(options)
+    console.print(f"{result.steps} steps, {result.steps_per_s:.2f} steps/s, data wait {result.data_wait:.1%}; "
+                  f"best validation r2 {result.best_r2:.4f}; checkpoints in {out}")
+    print_metrics(result.last_metrics)
+
+
+
+class Stitch(str, Enum):
+    core = "core"
+    average = "average"
+
+
+@app.command(epilog="Example: ragtrain impute target.vcf.gz --store store.zarr --model runs/exp1/best.pt "
+             "--out imputed.vcf.gz")
+def impute(
+    target: Annotated[Path, typer.Argument(help="Phased target VCF typed at a subset of panel sites (e.g. an array).")],
+    store: Annotated[str, typer.Option(help="The store the model was trained on.")],
+    model: Annotated[Path, typer.Option(help="Checkpoint of `ragtrain fit` (best.pt or last.pt).")],
+    out: Annotated[Path, typer.Option(help="Imputed VCF to write (.vcf.gz, bgzipped, tabix-indexed).")],
+    batch_size: Annotated[int, typer.Option(min=1, help="Target haplotypes a batch.")] = 64,
+    stitch: Annotated[Stitch, typer.Option(help="Overlaps: core (the window whose centre holds the site wins) or average.")] = Stitch.core,
+    region: Annotated[str | None, typer.Option(help="CONTIG or CONTIG:START-END of the target to read.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    retrieval: Annotated[Retrieval, typer.Option(help="Exact top-k backend: FAISS, or torch.")] = Retrieval.auto,
+) -> None:
+    """Impute every panel site for every target sample; write GT, DS, GP, HDS and INFO AF, DR2, IMP."""
+    from ragtrain.impute import impute as run_impute
+
+    with clean_errors():
+        report = run_impute(str(target), store, str(model), str(out), device=device, batch_size=batch_size,
+                            stitch=stitch.value, region=region, retrieval=retrieval.value)
+    console.print(f"wrote {report.path}: {report.samples} samples x {report.sites} sites "
+                  f"({report.typed_sites} typed) in {report.seconds:.1f} s, {report.genotypes_per_s:,.0f} genotypes/s")
+
+def print_metrics(metrics: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="validation (masked sites)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if key.startswith(("r2", "val_", "nonref")):
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+@app.command(epilog="Example: ragtrain evaluate beagle.vcf.gz ragsnv.vcf.gz --truth truth.vcf.gz "
+             "--store store.zarr --out report/")
+def evaluate(
+    imputed: Annotated[list[Path], typer.Argument(help="Imputed VCFs with FORMAT/DS (Beagle 5, Minimac4, ragsnv).")],
+    truth: Annotated[Path, typer.Option(help="True genotypes of the imputed samples (VCF/BCF with GT).")],
+    out: Annotated[Path, typer.Option(help="Report folder: report.csv, report.md, r2_by_maf.png.")],
+    store: Annotated[str | None, typer.Option(help="Take MAF from this store's panel (default: from the truth).")] = None,
+    all_sites: Annotated[bool, typer.Option(help="Score typed sites too, not only those flagged INFO/IMP.")] = False,
+) -> None:
+    """Score imputed dosages against the truth per MAF bin: dosage r2, concordance, DR2 calibration."""
+    import math
+
+    from rich.table import Table
+
+    from ragtrain.evaluate import evaluate as run_evaluate
+
+    with clean_errors():
+        rows = run_evaluate([str(p) for p in imputed], str(truth), str(out), store=store, all_sites=all_sites)
+
+    def fmt(value: float) -> str:
+        return "NA" if math.isnan(value) else f"{value:.4f}"
+
+    for name in dict.fromkeys(row["file"] for row in rows):
+        table = Table(title=name)
+        table.add_column("MAF bin", no_wrap=True)
+        for column in ("sites", "genotypes", "r2", "conc.", "non-ref conc.", "mean DR2"):
+            table.add_column(column, justify="right")
+        for row in (r for r in rows if r["file"] == name):
+            table.add_row(row["bin"], str(row["n_sites"]), str(row["n_genotypes"]), fmt(row["r2"]),
+                          fmt(row["concordance"]), fmt(row["nonref_concordance"]), fmt(row["mean_dr2"]))
+        console.print(table)
+    console.print(f"report: {out / 'report.md'}, {out / 'report.csv'}, {out / 'r2_by_maf.png'}")

@@ -132,7 +132,8 @@ class EmbeddingStore:
         if ids.size and (ids.min() < 0 or ids.max() >= self.n_haplotypes):
             raise IndexError(f"haplotype ids must be in 0..{self.n_haplotypes - 1}")
         if self.mmap:
-            return MemoryBlock(self._gather_mmap(window, ids))
+            scales = None if self.scales is None else self._gather_mmap(schema.EMBEDDING_SCALE, window, ids)
+            return MemoryBlock(self._gather_mmap(schema.EMBEDDINGS, window, ids), scales)
         unique, inverse = np.unique(ids, return_inverse=True)
         values = np.asarray(self.embeddings.oindex[window, unique])[inverse]
         scales = None if self.scales is None else np.asarray(self.scales.oindex[window, unique])[inverse]
@@ -143,20 +144,27 @@ class EmbeddingStore:
         scales = None if self.scales is None else np.asarray(self.scales[window])
         return MemoryBlock(np.asarray(self.embeddings[window]), scales)
 
-    def _gather_mmap(self, window: int, ids: np.ndarray) -> np.ndarray:
+    def _gather_mmap(self, name: str, window: int, ids: np.ndarray) -> np.ndarray:
         block = self.meta.hap_block
-        out = np.empty((ids.size, self.window_length, self.d_memory), dtype=self.embeddings.dtype.to_native_dtype()
-                       if hasattr(self.embeddings.dtype, "to_native_dtype") else self.embeddings.dtype)
+        dtype, rest = self._chunk_layout(name)
+        out = np.empty((ids.size, *rest), dtype=dtype)
         blocks = ids // block
         for b in np.unique(blocks):
             rows = np.nonzero(blocks == b)[0]
-            out[rows] = self._chunk(window, int(b))[ids[rows] - b * block]
+            out[rows] = self._chunk(name, window, int(b))[ids[rows] - b * block]
         return out
 
-    def _open_chunk(self, window: int, block: int) -> np.memmap:
-        path = local_path(self.url) / schema.EMBEDDINGS / "c" / str(window) / str(block) / "0" / "0"
-        shape = (self.meta.hap_block, self.window_length, self.d_memory)
-        return np.memmap(path, dtype=np.dtype(self.meta.memory_dtype).newbyteorder("<"), mode="r", shape=shape)
+    def _chunk_layout(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
+        """dtype and per-haplotype shape of one chunk of `name` (embeddings, or int8 scales)."""
+        if name == schema.EMBEDDINGS:
+            return np.dtype(self.meta.memory_dtype), (self.window_length, self.d_memory)
+        return np.dtype("float16"), (self.window_length,)
+
+    def _open_chunk(self, name: str, window: int, block: int) -> np.memmap:
+        dtype, rest = self._chunk_layout(name)
+        key = [str(window), str(block)] + ["0"] * len(rest)  # Zarr v3 default chunk keys: c/w/b/0[/0]
+        path = local_path(self.url).joinpath(name, "c", *key)
+        return np.memmap(path, dtype=dtype.newbyteorder("<"), mode="r", shape=(self.meta.hap_block, *rest))
 
     def bytes_on_disk(self) -> int:
         """Stored bytes of the embeddings (and scales)."""

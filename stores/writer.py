@@ -45,10 +45,18 @@ def create_store(
     if target.exists():
         if not overwrite:
             raise StoreError(f"{url}: already exists; fix: pass --overwrite to start over, or another --out")
+        if not (target / "zarr.json").is_file() and not (target.is_dir() and not any(target.iterdir())):
+            raise StoreError(
+                f"{url}: exists and is not a Zarr store, so --overwrite leaves it; fix: pass another --out"
+            )
         shutil.rmtree(target)
     staging = target.with_name(f".{target.name}.creating-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    _populate(zarr.open_group(str(staging), mode="w"), meta, arrays)
+    try:
+        _populate(zarr.open_group(str(staging), mode="w"), meta, arrays)
+    except BaseException:  # leave nothing behind: no store, no staging directory
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     try:
         staging.rename(target)
     except OSError:  # another shard created it first: use theirs if it matches
@@ -95,9 +103,15 @@ class StoreWriter:
         self.url = url
         try:
             self.group = zarr.open_group(url, mode="r+", storage_options=storage_options)
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-            raise StoreError(f"{url}: no store there; fix: check the path") from None
-        found = schema.StoreMeta.from_dict(self.group.attrs.get(schema.ATTRS_KEY, {})).content_key()
+        except (OSError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+            self.group = None
+        attrs = None if self.group is None else self.group.attrs.get(schema.ATTRS_KEY)
+        if not isinstance(attrs, dict) or attrs.get("format_version") != meta.format_version:
+            raise StoreError(
+                f"{url}: exists but is not a ragsnv store of format version {meta.format_version}; "
+                "fix: pass --overwrite to start over, or another --out"
+            )
+        found = schema.StoreMeta.from_dict(attrs).content_key()
         wanted = meta.content_key()
         diff = [k for k in wanted if found.get(k) != wanted[k]]
         if diff:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pysam
 import pytest
+import zarr
 
 from ragprep.encode import EncodeOptions, encode
 from ragprep.model import BertConfig
 from ragprep.simulate import simulate_panel
 
 TINY = BertConfig(d_model=16, n_layers=1, n_heads=2, window=32, d_memory=8)
+
+# `ragprep encode` options that give the same encoder and store as tiny_options()
+TINY_CLI = ["--window", "32", "--stride", "24", "--d-model", "16", "--layers", "1", "--heads", "2",
+            "--d-memory", "8", "--seed", "3", "--device", "cpu", "--batch-size", "32", "--hap-block", "16"]
 
 
 def tiny_options(**overrides) -> EncodeOptions:
@@ -21,7 +28,7 @@ def tiny_options(**overrides) -> EncodeOptions:
 
 @pytest.fixture(scope="session")
 def panel_vcf(tmp_path_factory) -> Path:
-    """60 diploid samples, ~300 biallelic sites (OutOfAfrica_3G09), bgzipped and indexed."""
+    """60 diploid samples, ~490 biallelic sites, one multiallelic (OutOfAfrica_3G09); bgzipped, indexed."""
     path, _ = simulate_panel(tmp_path_factory.mktemp("panel") / "panel.vcf.gz", samples=60, length=1e5, seed=7)
     return path
 
@@ -32,3 +39,75 @@ def store_path(panel_vcf, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("store") / "store.zarr")
     encode(str(panel_vcf), out, tiny_options())
     return out
+
+
+@pytest.fixture(scope="session")
+def int8_store_path(panel_vcf, tmp_path_factory) -> str:
+    """`store_path` again, stored as int8 with per-vector scales."""
+    out = str(tmp_path_factory.mktemp("store_int8") / "store.zarr")
+    encode(str(panel_vcf), out, tiny_options(memory_dtype="int8"))
+    return out
+
+
+# --- small hand-written VCFs ----------------------------------------------------------------------------
+
+VCF_HEADER = (
+    "##fileformat=VCFv4.2\n"
+    "##contig=<ID=chr1,length=100000>\n"
+    "##contig=<ID=chr2,length=100000>\n"
+    '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
+    "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT"
+)
+
+
+def vcf_record(pos: int, *genotypes: str, chrom: str = "chr1", ref: str = "A", alt: str = "G") -> str:
+    return "\t".join([chrom, str(pos), ".", ref, alt, ".", ".", ".", "GT", *genotypes])
+
+
+def write_vcf_text(path: Path, records: list[str], samples: tuple[str, ...] = ("S1", "S2", "S3"),
+              index: bool = False) -> Path:
+    """Write VCF text (header + records), bgzip it with pysam, optionally tabix-index it; returns the .vcf.gz.
+    Without samples the header has no FORMAT column either (give records of 8 columns)."""
+    header = VCF_HEADER + "".join(f"\t{s}" for s in samples)
+    if not samples:
+        header = VCF_HEADER.removesuffix("\tFORMAT")
+    plain = Path(path).with_suffix("")  # x.vcf.gz -> x.vcf
+    plain.write_text("\n".join([header, *records]) + "\n")
+    pysam.tabix_compress(str(plain), str(path), force=True)
+    plain.unlink()
+    if index:
+        pysam.tabix_index(str(path), preset="vcf", force=True)
+    return Path(path)
+
+
+def good_records(positions=range(100, 1000, 100), chrom: str = "chr1") -> list[str]:
+    """Phased diploid biallelic records for samples S1, S2, S3."""
+    calls = [("0|1", "1|0", "0|0"), ("1|1", "0|1", "1|0"), ("0|0", "1|1", "0|1")]
+    return [vcf_record(p, *calls[i % 3], chrom=chrom) for i, p in enumerate(positions)]
+
+
+# --- comparing stores -----------------------------------------------------------------------------------
+
+def store_contents(url: str) -> tuple[dict, dict[str, tuple[dict, np.ndarray]]]:
+    """(group attrs, {array name: (array metadata, values)}) of every array in a store."""
+    group = zarr.open_group(url, mode="r")
+    arrays = {name: (array.metadata.to_dict(), np.asarray(array[...])) for name, array in group.arrays()}
+    return group.attrs.asdict(), arrays
+
+
+def assert_stores_equal(a: str, b: str) -> None:
+    """Same attrs, same array names, and every array equal in metadata and values, element for element."""
+    attrs_a, arrays_a = store_contents(a)
+    attrs_b, arrays_b = store_contents(b)
+    assert attrs_a == attrs_b
+    assert sorted(arrays_a) == sorted(arrays_b)
+    for name, (meta, values) in arrays_a.items():
+        meta_b, values_b = arrays_b[name]
+        assert meta == meta_b, name
+        assert values.dtype == values_b.dtype and values.shape == values_b.shape, name
+        assert np.array_equal(values, values_b), name
+
+
+def stray_entries(directory: Path) -> list[str]:
+    """Hidden staging directories that a failed create_store could leave (`.NAME.creating-PID`)."""
+    return [p.name for p in Path(directory).iterdir() if ".creating-" in p.name]

@@ -1,0 +1,356 @@
+"""`ragtrain evaluate`: score imputed VCFs against true genotypes, per MAF bin.
+
+Reads Beagle 5.x output (FORMAT GT:DS[:GP], INFO AF, DR2, IMP), Minimac4 output (FORMAT DS, INFO R2,
+IMPUTED) and ragsnv's own: FORMAT DS is required, GP is used for the best guess when present, INFO DR2 (or
+Minimac's R2) for the DR2 calibration. Sites match by (contig, position, REF, ALT), samples by id.
+Writes report.csv, report.md and r2_by_maf.png into the output folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from cyvcf2 import VCF, Variant
+
+from ragprep.errors import InputError
+from ragprep.progress import console, record_spinner
+from ragprep.vcf import open_vcf
+from ragtrain import metrics
+from stores import EmbeddingStore, open_store
+
+SiteKey = tuple[str, int, str, str]  # contig, position, REF, ALT
+IMPUTED_FLAGS = ("IMP", "IMPUTED")  # Beagle, Minimac4
+ESTIMATED_R2 = ("DR2", "R2")  # Beagle, Minimac4
+COLUMNS = ("file", "bin", "maf_low", "maf_high", "n_sites", "n_genotypes", "r2", "concordance",
+           "nonref_concordance", "n_nonref", "mean_dr2")
+
+
+@dataclass
+class Truth:
+    """True genotypes: ALT allele counts [sites, samples] (-1 missing) and ALT frequency per site."""
+
+    path: str
+    sample_ids: np.ndarray
+    index: dict[SiteKey, int]
+    counts: np.ndarray  # int8 [sites, samples]
+    af: np.ndarray  # float64 [sites], NaN where no genotype is observed
+    skipped_multiallelic: int = 0
+
+
+@dataclass
+class Imputed:
+    """What one imputed VCF says about its kept sites."""
+
+    path: str
+    sample_ids: np.ndarray
+    keys: list[SiteKey]
+    dosage: np.ndarray  # float32 [sites, samples], NaN missing
+    gp: np.ndarray | None  # float32 [sites, samples, 3]
+    dr2: np.ndarray | None  # float64 [sites] (INFO DR2, or Minimac's R2)
+    dr2_field: str | None
+    imputed_flag: str | None  # INFO flag that marked kept sites, None when all sites were kept
+    n_records: int = 0
+    skipped_typed: int = 0
+    skipped_multiallelic: int = 0
+
+
+def _header_ids(vcf: VCF) -> dict[str, set[str]]:
+    """IDs declared per header section: {'INFO': {...}, 'FORMAT': {...}}."""
+    ids: dict[str, set[str]] = {"INFO": set(), "FORMAT": set()}
+    for line in vcf.header_iter():
+        if line.type in ids:
+            ids[line.type].add(line.info().get("ID"))
+    return ids
+
+
+def _records(vcf: VCF, path: str) -> Iterator[Variant]:
+    """Records, with a read error mid-file turned into a one-line InputError."""
+    records = iter(vcf)
+    last = "the header"
+    while True:
+        try:
+            rec = next(records)
+        except StopIteration:
+            return
+        except Exception:  # htslib read error: truncated or corrupt
+            raise InputError(path, f"the file breaks after record {last} (truncated or corrupt bgzip?)",
+                             "re-create it (bgzip / bcftools view -Oz) and check it with `bcftools view`") from None
+        last = f"{rec.CHROM}:{rec.POS}"
+        yield rec
+
+
+def _biallelic(rec: Variant) -> bool:
+    return len(rec.ALT) == 1 and rec.ALT[0] not in ("", ".", "*")
+
+
+def read_truth(path: str) -> Truth:
+    """True genotypes of every biallelic record (phased or not): ALT allele count per sample, -1 if missing."""
+    vcf = open_vcf(path)
+    samples = np.asarray(vcf.samples, dtype=str)
+    if samples.size == 0:
+        raise InputError(path, "the truth VCF has no samples", "give a VCF with FORMAT/GT sample columns")
+    if "GT" not in _header_ids(vcf)["FORMAT"]:
+        raise InputError(path, "the truth VCF has no FORMAT/GT", "give true genotypes (GT) for the samples")
+    index: dict[SiteKey, int] = {}
+    rows: list[np.ndarray] = []
+    skipped = 0
+    with record_spinner(f"reading truth {path}") as tick:
+        for rec in _records(vcf, path):
+            if not _biallelic(rec):
+                skipped += 1
+                continue
+            calls = rec.genotype.array()[:, :-1]  # last column: phased flag; -2 pads lower ploidy
+            count = (calls >= 1).sum(axis=1).astype(np.int8)
+            count[(calls == -1).any(axis=1)] = -1
+            index[(rec.CHROM, rec.POS, rec.REF, rec.ALT[0])] = len(rows)
+            rows.append(count)
+            tick()
+    if not rows:
+        raise InputError(path, "the truth VCF has no biallelic records", "check the file")
+    counts = np.stack(rows)
+    observed = counts >= 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        af = np.where(observed, counts, 0).sum(axis=1) / (2.0 * observed.sum(axis=1))
+    return Truth(str(path), samples, index, counts, af, skipped)
+
+
+def _open_imputed(path: str) -> tuple[VCF, dict[str, set[str]]]:
+    """Open an imputed VCF and check its header declares FORMAT/DS."""
+    vcf = open_vcf(path)
+    ids = _header_ids(vcf)
+    if "DS" not in ids["FORMAT"]:
+        raise InputError(
+            path, "no FORMAT/DS (imputed ALT dosage) in the header",
+            "give the imputed output with dosages (Beagle 5 writes DS by default; minimac4: --format GT,DS)",
+        )
+    return vcf, ids
+
+
+def read_imputed(path: str, all_sites: bool = False) -> Imputed:
+    """Dosages (and GP, DR2 where present) of an imputed VCF.
+
+    Keeps only the imputed sites (INFO IMP, or Minimac4's IMPUTED) when the header declares such a flag,
+    unless `all_sites`; otherwise every biallelic site.
+    """
+    vcf, ids = _open_imputed(path)
+    samples = np.asarray(vcf.samples, dtype=str)
+    if samples.size == 0:
+        raise InputError(path, "the imputed VCF has no samples", "give the imputed output VCF")
+    has_gp = "GP" in ids["FORMAT"]
+    dr2_field = next((f for f in ESTIMATED_R2 if f in ids["INFO"]), None)
+    flag = None if all_sites else next((f for f in IMPUTED_FLAGS if f in ids["INFO"]), None)
+    out = Imputed(str(path), samples, [], np.empty(0), None, None, dr2_field, flag)
+    dosages: list[np.ndarray] = []
+    gps: list[np.ndarray] = []
+    dr2s: list[float] = []
+    with record_spinner(f"reading {path}") as tick:
+        for rec in _records(vcf, path):
+            out.n_records += 1
+            if not _biallelic(rec):
+                out.skipped_multiallelic += 1
+                continue
+            if flag is not None and not rec.INFO.get(flag):
+                out.skipped_typed += 1
+                continue
+            where = f"{rec.CHROM}:{rec.POS}"
+            ds = rec.format("DS")
+            if ds is None:
+                raise InputError(path, "record without FORMAT/DS", "write DS on every record", where)
+            dosages.append(ds[:, 0].astype(np.float32))
+            if has_gp:
+                gp = rec.format("GP")
+                gps.append(np.full((samples.size, 3), np.nan, np.float32) if gp is None or gp.shape[1] != 3
+                           else gp.astype(np.float32))
+            if dr2_field is not None:
+                value = rec.INFO.get(dr2_field)
+                dr2s.append(float(value) if isinstance(value, (int, float)) else math.nan)
+            out.keys.append((rec.CHROM, rec.POS, rec.REF, rec.ALT[0]))
+            tick()
+    if not dosages:
+        what = f"sites flagged INFO/{flag}" if flag else "biallelic records"
+        raise InputError(path, f"no {what} to evaluate",
+                         "pass --all-sites to score typed sites too" if flag else "check the file")
+    out.dosage = np.stack(dosages)
+    out.gp = np.stack(gps) if has_gp else None
+    out.dr2 = np.asarray(dr2s, dtype=np.float64) if dr2_field is not None else None
+    return out
+
+
+def store_af(store: str | EmbeddingStore, truth: Truth) -> np.ndarray:
+    """ALT frequency of each truth site from the store's variant_af, matched by position, REF and ALT (NaN: not in it)."""
+    opened = open_store(store, require_complete=False) if isinstance(store, str) else store
+    alleles = opened.alleles_ref_alt
+    af_by_site = {(int(pos), str(ref), str(alt)): float(af)
+                  for pos, (ref, alt), af in zip(opened.positions, alleles[:, :2], opened.af)}
+    af = np.full(truth.counts.shape[0], np.nan)
+    for (_, pos, ref, alt), row in truth.index.items():
+        af[row] = af_by_site.get((pos, ref, alt), np.nan)
+    return af
+
+
+def _match(imputed: Imputed, truth: Truth) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(imputed rows, truth rows, imputed columns, truth columns) of the shared sites and samples."""
+    truth_rows = np.array([truth.index.get(key, -1) for key in imputed.keys], dtype=np.int64)
+    rows = np.nonzero(truth_rows >= 0)[0]
+    if rows.size == 0:
+        raise InputError(
+            imputed.path, f"no site in common with the truth {truth.path} (matched by contig, position, REF, ALT)",
+            "check both use the same reference build, contig names (chr22 vs 22) and allele order",
+        )
+    truth_col = {sample: j for j, sample in enumerate(truth.sample_ids)}
+    pairs = [(i, truth_col[s]) for i, s in enumerate(imputed.sample_ids) if s in truth_col]
+    if not pairs:
+        raise InputError(
+            imputed.path, f"no sample id in common with the truth {truth.path}",
+            "impute the same samples whose true genotypes the truth VCF holds (check the sample names)",
+        )
+    cols, truth_cols = (np.array(c, dtype=np.int64) for c in zip(*pairs))
+    return rows, truth_rows[rows], cols, truth_cols
+
+
+def _mean_by_bin(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    has = (bins >= 0) & np.isfinite(values)
+    n_bins = len(metrics.MAF_BINS)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.bincount(bins[has], values[has], n_bins) / np.bincount(bins[has], minlength=n_bins)
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "NA" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _labels(paths: list[str]) -> list[str]:
+    """File names, or the paths as given where two inputs share a name."""
+    names = [Path(p).name for p in paths]
+    return names if len(set(names)) == len(names) else [str(p) for p in paths]
+
+
+def evaluate(imputed_paths: list[str], truth_path: str, out_dir: str, store: str | None = None,
+             all_sites: bool = False) -> list[dict]:
+    """Score each imputed VCF against the truth per MAF bin; write report.csv, report.md, r2_by_maf.png.
+
+    Returns the rows of report.csv: one per input file and MAF bin (see COLUMNS). MAF comes from the
+    store's variant_af when `store` is given, else from all truth genotypes. Only imputed sites (INFO IMP)
+    count unless `all_sites`.
+    """
+    if not imputed_paths:
+        raise InputError("IMPUTED", "no imputed VCF given", "pass one or more imputed VCFs")
+    for path in imputed_paths:  # fail fast, before reading a large truth
+        _open_imputed(str(path))
+    opened = open_store(store, require_complete=False) if store else None
+    truth = read_truth(truth_path)
+    af_all = store_af(opened, truth) if opened is not None else truth.af
+    maf_source = f"store {store} (variant_af)" if store else f"truth genotypes ({truth_path})"
+    rows: list[dict] = []
+    sections: list[str] = []
+    for path, label in zip(imputed_paths, _labels([str(p) for p in imputed_paths])):
+        imputed = read_imputed(str(path), all_sites)
+        rows_i, rows_t, cols_i, cols_t = _match(imputed, truth)
+        dosage = imputed.dosage[np.ix_(rows_i, cols_i)]
+        true = truth.counts[np.ix_(rows_t, cols_t)].astype(np.float32)
+        true[true < 0] = np.nan
+        gp = None if imputed.gp is None else imputed.gp[np.ix_(rows_i, cols_i)]
+        dr2 = None if imputed.dr2 is None else imputed.dr2[rows_i]
+        af = af_all[rows_t]
+        table = metrics.summarise(dosage, true, metrics.maf_from_af(af), gp=gp, dr2=dr2, af=af)
+        rows += [{"file": label, **row} for row in table]
+        counts = {
+            "records": imputed.n_records, "kept": len(imputed.keys), "typed_skipped": imputed.skipped_typed,
+            "matched": int(rows_i.size), "samples": int(cols_i.size), "imputed_samples": imputed.sample_ids.size,
+            "truth_samples": truth.sample_ids.size, "no_maf": int(np.isnan(af).sum()),
+        }
+        console.print(
+            f"{label}: {counts['matched']} of {counts['kept']} sites found in the truth, "
+            f"{counts['samples']} samples in common"
+            + (f", {counts['no_maf']} sites without a MAF (not in the store) left out" if counts["no_maf"] else "")
+        )
+        site_r2 = _mean_by_bin(metrics.site_r2(dosage, true), metrics.assign_bins(metrics.maf_from_af(af)))
+        sections.append(_markdown_section(label, imputed, table, counts, site_r2))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "report.csv", rows)
+    _write_markdown(out / "report.md", sections, truth_path, maf_source, all_sites)
+    _plot(out / "r2_by_maf.png", rows)
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _markdown_section(label: str, imputed: Imputed, table: list[dict], counts: dict, site_r2: np.ndarray) -> str:
+    kept = f"sites flagged INFO/{imputed.imputed_flag}" if imputed.imputed_flag else "all biallelic sites"
+    lines = [
+        f"## {label}", "",
+        f"{counts['records']} records; scored {kept}: {counts['kept']} "
+        f"(typed sites left out: {counts['typed_skipped']}), {counts['matched']} found in the truth; "
+        f"{counts['samples']} samples in common ({counts['imputed_samples']} imputed, "
+        f"{counts['truth_samples']} in the truth)."
+        + (f" {counts['no_maf']} sites have no MAF (not in the store) and are left out." if counts["no_maf"] else ""),
+        "",
+        "| MAF bin | sites | genotypes | dosage r2 | concordance | non-ref concordance | mean DR2 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in table:
+        lines.append(f"| {row['bin']} | {row['n_sites']} | {row['n_genotypes']} | {_fmt(row['r2'])} | "
+                     f"{_fmt(row['concordance'])} | {_fmt(row['nonref_concordance'])} | {_fmt(row['mean_dr2'])} |")
+    lines += ["", "### DR2 calibration", ""]
+    if imputed.dr2_field is None:
+        lines.append("No INFO DR2 (or R2) in this file.")
+    else:
+        lines += [
+            (f"Mean INFO/{imputed.dr2_field} (the imputer's estimate of r2) against the true r2: aggregate "
+             "(pooled) and the mean of per-site r2 (over sites where truth and dosage vary)."), "",
+            (f"| MAF bin | mean {imputed.dr2_field} | aggregate r2 | mean per-site r2 | "
+             f"mean {imputed.dr2_field} - aggregate r2 |"),
+            "|---|---:|---:|---:|---:|",
+        ]
+        for row, per_site in zip(table, site_r2):
+            gap = row["mean_dr2"] - row["r2"]
+            lines.append(f"| {row['bin']} | {_fmt(row['mean_dr2'])} | {_fmt(row['r2'])} | {_fmt(float(per_site))} | "
+                         f"{_fmt(gap)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_markdown(path: Path, sections: list[str], truth_path: str, maf_source: str, all_sites: bool) -> None:
+    which = "all sites (typed and imputed)" if all_sites else "imputed (masked) sites only, where files flag them"
+    head = [
+        "# Imputation accuracy", "",
+        f"Truth: {truth_path}. MAF from {maf_source}. Scored: {which}.", "",
+        ("Dosage r2: squared Pearson correlation of imputed dosage (FORMAT/DS) with the true ALT allele count, "
+         "pooled over all (site, sample) pairs of a MAF bin. Concordance: best-guess genotype (argmax GP, else "
+         "rounded DS) equals the truth. Non-reference concordance: the same among genotypes where the truth or "
+         "the best guess is not homozygous REF. Missing true genotypes are left out."), "",
+    ]
+    path.write_text("\n".join(head) + "\n" + "\n".join(sections))
+
+
+def _plot(path: Path, rows: list[dict]) -> None:
+    """r2 per MAF bin, one line per input file (matplotlib's Agg canvas, no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = np.arange(len(metrics.MAF_BINS))
+    for label in dict.fromkeys(row["file"] for row in rows):
+        r2 = [row["r2"] for row in rows if row["file"] == label]
+        ax.plot(x, r2, marker="o", label=label)
+    ax.set_xticks(x, metrics.BIN_LABELS)
+    ax.set_xlabel("MAF bin")
+    ax.set_ylabel("aggregate dosage r2")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,151 @@
+"""The trainable imputer: ragprep's BERT over query haplotypes, fused with retrieved reference memory.
+
+rag_mode:
+  precomputed  neighbours' memory comes from the store (frozen encoder, no BERT pass, no gradients)
+  online       neighbours run through the same trainable BERT with gradients (the research design; baseline)
+  none         no retrieval (baseline)
+
+Fusion (after the chosen layers): query states cross-attend to the k neighbours' memory (keys and values projected from the
+memory dim, plus a cheap trainable embedding of the neighbours' own alleles and an optional light adapter.
+  aligned  each site attends to the k neighbours at the same site: O(L k)
+  full     each site attends to every site of every neighbour: O(L^2 k)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ragprep.model import VOCAB, Attention, Bert, BertConfig, attention_mask
+
+RagMode = Literal["precomputed", "online", "none"]
+Fusion = Literal["aligned", "full"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    bert: BertConfig = field(default_factory=BertConfig)
+    rag_mode: RagMode = "precomputed"
+    k: int = 8
+    fusion: Fusion = "aligned"
+    fusion_layers: tuple[int, ...] = ()  # empty: after every layer
+    neighbour_alleles: bool = True
+    adapter: bool = False
+    checkpointing: bool = False
+
+    @property
+    def layers_fused(self) -> tuple[int, ...]:
+        if self.rag_mode == "none":
+            return ()
+        return self.fusion_layers or tuple(range(self.bert.n_layers))
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["fusion_layers"] = list(self.fusion_layers)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        values["bert"] = BertConfig.from_dict(data["bert"])
+        values["fusion_layers"] = tuple(data.get("fusion_layers", ()))
+        return cls(**values)
+
+
+class NeighbourMemory(nn.Module):
+    """The neighbours' memory as keys/values see it, built once for all fused layers, in the memory dim:
+    LN(stored state + embedding of the neighbour's allele), plus an optional light adapter (LUMEN-style)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.bert.d_memory
+        self.alleles = nn.Embedding(VOCAB, d) if config.neighbour_alleles else None
+        self.adapter = (nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+                        if config.adapter else None)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, memory: torch.Tensor, neighbour_tokens: torch.Tensor) -> torch.Tensor:
+        m = memory.to(self.norm.weight.dtype)
+        if self.alleles is not None:
+            m = m + self.alleles(neighbour_tokens)
+        if self.adapter is not None:
+            m = m + self.adapter(m)
+        return self.norm(m)
+
+
+class MemoryFusion(nn.Module):
+    """x + CrossAttention(LN(x), memory): query states [B, L, D] attend to neighbour memory [B, k, L, d_mem],
+    keys and values projected from the memory dim."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        bert = config.bert
+        self.fusion = config.fusion
+        self.ln_query = nn.LayerNorm(bert.d_model)
+        self.attn = Attention(bert.d_model, bert.n_heads, bert.dropout, d_kv=bert.d_memory)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        b, k, length, _ = memory.shape
+        q = self.ln_query(x)
+        if self.fusion == "aligned":
+            return x + self._aligned(q, memory)
+        mask = None if valid is None else attention_mask(valid[:, None, :].expand(b, k, length).reshape(b, k * length))
+        return x + self.attn(q, mask, memory.reshape(b, k * length, -1))
+
+    def _aligned(self, q: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """Each site attends to the k neighbours at the same site: scores [B, L, heads, k], O(L k)."""
+        attn, heads = self.attn, self.attn.n_heads
+        query = attn.q(q).unflatten(-1, (heads, -1))  # [B, L, h, dh]
+        key, value = (t.unflatten(-1, (heads, -1)) for t in attn.kv(memory).chunk(2, dim=-1))  # [B, k, L, h, dh]
+        scores = torch.einsum("blhd,bklhd->blhk", query, key) * query.shape[-1] ** -0.5
+        weights = F.dropout(scores.softmax(dim=-1), attn.dropout, self.training)
+        return attn.out(torch.einsum("blhk,bklhd->blhd", weights, value).flatten(2))
+
+
+class RagImputer(nn.Module):
+    """Logits [B, L, 2] (REF, ALT) for every site of a query window."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = Bert(config.bert)
+        self.memory = NeighbourMemory(config) if config.rag_mode != "none" else None
+        self.fusions = nn.ModuleDict({str(i): MemoryFusion(config) for i in config.layers_fused})
+        self.head = nn.Linear(config.bert.d_model, 2)
+
+    def forward(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None = None,
+                memory: torch.Tensor | None = None, neighbour_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, L]; af [B, L]; valid [B, L]; memory [B, k, L, d_mem] (precomputed) or None (online: built
+        here from neighbour_tokens [B, k, L] through the trainable BERT)."""
+        if self.config.rag_mode == "online":
+            memory = self.online_memory(neighbour_tokens, af, valid)
+        if self.memory is not None:
+            memory = self.memory(memory, neighbour_tokens)
+        x = self.bert.embed(tokens, af)
+        mask = attention_mask(valid)
+        for i, block in enumerate(self.bert.blocks):
+            x = self._run(block, x, mask)
+            if str(i) in self.fusions:
+                x = self.fusions[str(i)](x, memory, valid)
+        return self.head(self.bert.norm(x))
+
+    def online_memory(self, neighbour_tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """The research design: retrieved haplotypes through the trainable BERT, with gradients."""
+        b, k, length = neighbour_tokens.shape
+        flat_af = af.repeat_interleave(k, dim=0)
+        flat_valid = None if valid is None else valid.repeat_interleave(k, dim=0)
+        x = self.bert.embed(neighbour_tokens.reshape(b * k, length), flat_af)
+        mask = attention_mask(flat_valid)
+        for block in self.bert.blocks:
+            x = self._run(block, x, mask)
+        return self.bert.memory_proj(self.bert.norm(x)).reshape(b, k, length, -1)
+
+    def _run(self, block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.config.checkpointing and self.training:
+            return checkpoint(block, x, mask, use_reentrant=False)
+        return block(x, mask)

@@ -1,0 +1,192 @@
+"""Exact top-k retrieval of reference haplotypes by Hamming distance over a query's observed sites.
+
+Alleles are encoded +-1 (REF 0 -> -1, ALT 1 -> +1) and a masked or missing site (-1) -> 0. Then
+q . r = agreements - disagreements over the query's observed sites = n_observed - 2 * Hamming distance, so
+the largest inner products are exactly the smallest masked Hamming distances (DESIGN.md section 4). Scores
+are small integers, exact in float32 (and in TF32/bf16 inputs with fp32 accumulation).
+
+Backends: FAISS IndexFlatIP (GpuIndexFlatIP on a CUDA device when faiss has GPUs) or an exact torch path
+(q @ R.T and topk, any device). FAISS is optional: `pip install .[cpu]` (faiss-cpu) or `pip install .[gpu]`
+(faiss-gpu-cu12) installs it; without it "auto" uses torch.
+
+Results are deterministic and identical across backends: higher score first, ties broken by lower haplotype
+id. FAISS orders ties arbitrarily, so a query whose k-th score ties with the last FAISS candidate (a tie that
+may continue outside the candidates) is re-ranked exactly over all haplotypes by the torch path.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+Backend = Literal["auto", "faiss", "torch"]
+
+FAISS_GPU_MAX_K = 2048  # GpuIndexFlat selects at most this many neighbours; larger searches use torch
+_CHUNK_ELEMENTS = 1 << 25  # torch path: at most this many query x haplotype scores at once
+
+
+def encode_pm1(alleles: np.ndarray) -> np.ndarray:
+    """Alleles (0, 1, -1 masked/missing) -> float32 +-1 vectors: 0 -> -1, 1 -> +1, -1 -> 0."""
+    a = np.asarray(alleles)
+    return np.where(a == 1, 1.0, np.where(a == 0, -1.0, 0.0)).astype(np.float32)
+
+
+def own_haplotypes(samples: np.ndarray, ploidy: int = 2) -> np.ndarray:
+    """int64 [len(samples), ploidy]: the panel haplotype ids of each sample (sample * ploidy + phase, the
+    store's haplotype order): pass as `exclude` when the queries come from the panel itself."""
+    samples = np.asarray(samples, dtype=np.int64)
+    return samples[:, None] * ploidy + np.arange(ploidy, dtype=np.int64)
+
+
+def _import_faiss():
+    import faiss  # optional: pip install .[cpu] or .[gpu]
+
+    return faiss
+
+
+def faiss_available() -> bool:
+    try:
+        _import_faiss()
+    except ImportError:
+        return False
+    return True
+
+
+def _faiss_gpus(faiss) -> int:
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
+class WindowIndex:
+    """An exact inner-product index over one window's reference haplotypes int8 [H, n].
+
+    backend: "auto" (FAISS when importable: on GPU for a CUDA device when faiss has GPUs; a CUDA device with
+    CPU-only faiss uses torch on that device; no faiss: torch), "faiss" or "torch". `self.backend` says which
+    one was picked: "faiss-cpu", "faiss-gpu" or "torch".
+    """
+
+    def __init__(self, ref_alleles: np.ndarray, backend: Backend = "auto", device: str | torch.device = "cpu"):
+        ref_alleles = np.asarray(ref_alleles)
+        if ref_alleles.ndim != 2:
+            raise ValueError(f"reference alleles must be [haplotypes, sites], got shape {ref_alleles.shape}")
+        self.n_haplotypes, self.n_sites = ref_alleles.shape
+        self.device = torch.device(device)
+        self._ref = np.ascontiguousarray(encode_pm1(ref_alleles))
+        self._ref_torch: torch.Tensor | None = None
+        self._index = None
+        self.backend = self._resolve(backend)
+        if self.backend == "torch":
+            self._ref_torch = torch.from_numpy(self._ref).to(self.device)
+        else:
+            self._index = self._build_faiss()
+
+    def _resolve(self, backend: str) -> str:
+        if backend not in ("auto", "faiss", "torch"):
+            raise ValueError(f"retrieval backend must be auto, faiss or torch, got {backend!r}")
+        if backend == "torch":
+            return "torch"
+        try:
+            faiss = _import_faiss()
+        except ImportError:
+            if backend == "faiss":
+                raise ImportError("retrieval backend faiss: faiss is not installed; fix: `pip install .[cpu]` "
+                                  "(or `.[gpu]`), or use the torch backend") from None
+            return "torch"
+        if self.device.type == "cuda":
+            if _faiss_gpus(faiss) > 0:
+                return "faiss-gpu"
+            if backend == "auto":
+                return "torch"
+        return "faiss-cpu"
+
+    def _build_faiss(self):
+        faiss = _import_faiss()
+        if self.backend == "faiss-gpu":
+            self._gpu_resources = faiss.StandardGpuResources()
+            config = faiss.GpuIndexFlatConfig()
+            config.device = self.device.index or 0
+            index = faiss.GpuIndexFlatIP(self._gpu_resources, self.n_sites, config)
+        else:
+            index = faiss.IndexFlatIP(self.n_sites)
+        index.add(self._ref)
+        return index
+
+    def search(self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k reference haplotypes of each query int8 [Q, n] (0, 1, -1 = masked/missing).
+
+        exclude: int64 [Q, m] haplotype ids each query must never retrieve (its own sample's haplotypes;
+        negative ids are ignored). Returns ids int64 [Q, k] and scores float32 [Q, k] (agreements minus
+        disagreements over observed sites), best first, ties by lower id.
+        """
+        queries = np.asarray(queries)
+        if queries.ndim != 2 or queries.shape[1] != self.n_sites:
+            raise ValueError(f"queries must be [Q, {self.n_sites}] (the index's sites), got shape {queries.shape}")
+        n_queries = queries.shape[0]
+        if exclude is not None:
+            exclude = np.asarray(exclude, dtype=np.int64)
+            if exclude.ndim == 1:
+                exclude = exclude[:, None]
+            if exclude.shape[0] != n_queries:
+                raise ValueError(f"exclude must have one row per query ({n_queries}), got shape {exclude.shape}")
+            if exclude.size and exclude.max() >= self.n_haplotypes:
+                raise ValueError(f"exclude holds haplotype id {exclude.max()}, the index has {self.n_haplotypes}")
+        m = 0 if exclude is None else exclude.shape[1]
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if self.n_haplotypes - m < k:
+            raise ValueError(f"cannot retrieve k={k} neighbours from {self.n_haplotypes} reference haplotypes "
+                             f"when {m} are excluded per query; fix: lower k to at most {self.n_haplotypes - m}")
+        if n_queries == 0:
+            return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
+        encoded = np.ascontiguousarray(encode_pm1(queries))
+        if self.backend == "torch" or (self.backend == "faiss-gpu" and k + m > FAISS_GPU_MAX_K):
+            return self._exact(encoded, k, exclude)
+        return self._search_faiss(encoded, k, exclude)
+
+    def _search_faiss(self, encoded: np.ndarray, k: int, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        n_candidates = min(self.n_haplotypes, k + (0 if exclude is None else exclude.shape[1]))
+        scores, ids = self._index.search(encoded, n_candidates)
+        ids = ids.astype(np.int64)
+        banned = np.zeros(ids.shape, dtype=bool) if exclude is None else (ids[:, :, None] == exclude[:, None, :]).any(-1)
+        order = np.lexsort((ids, -scores, banned), axis=-1)[:, :k]  # allowed first, then score desc, id asc
+        top_ids = np.take_along_axis(ids, order, axis=1)
+        top_scores = np.take_along_axis(scores, order, axis=1)
+        # A tie at the k-th score that reaches the last candidate may go on outside them: re-rank exactly.
+        ambiguous = np.flatnonzero(scores.min(axis=1) > top_scores[:, -1] - 0.5)
+        if n_candidates < self.n_haplotypes and ambiguous.size:
+            fixed_ids, fixed_scores = self._exact(encoded[ambiguous], k, None if exclude is None else exclude[ambiguous])
+            top_ids[ambiguous], top_scores[ambiguous] = fixed_ids, fixed_scores
+        return top_ids, np.round(top_scores).astype(np.float32)
+
+    @torch.no_grad()
+    def _exact(self, encoded: np.ndarray, k: int, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over all haplotypes with torch: integer keys score * H + (H - 1 - id) are unique, so
+        topk's order is total and deterministic (higher score, then lower id)."""
+        if self._ref_torch is None:
+            self._ref_torch = torch.from_numpy(self._ref).to(self.device)
+        ref, n_hap = self._ref_torch, self.n_haplotypes
+        tiebreak = (n_hap - 1) - torch.arange(n_hap, device=ref.device)
+        chunk = max(1, _CHUNK_ELEMENTS // n_hap)
+        out_ids, out_scores = [], []
+        with torch.autocast(ref.device.type, enabled=False):  # bf16 outputs would round scores above 256
+            for start in range(0, encoded.shape[0], chunk):
+                q = torch.from_numpy(encoded[start : start + chunk]).to(ref.device)
+                scores = torch.round(q @ ref.T).to(torch.int64)
+                keys = scores * n_hap + tiebreak
+                if exclude is not None:
+                    ex = torch.from_numpy(exclude[start : start + chunk]).to(ref.device)
+                    ex = torch.where(ex >= 0, ex, n_hap)  # ignored ids go to a dummy column
+                    banned = torch.zeros((q.shape[0], n_hap + 1), dtype=torch.bool, device=ref.device)
+                    banned.scatter_(1, ex, True)
+                    keys.masked_fill_(banned[:, :n_hap], torch.iinfo(torch.int64).min)
+                top = keys.topk(k, dim=1).indices
+                out_ids.append(top.cpu())
+                out_scores.append(scores.gather(1, top).cpu())
+        return torch.cat(out_ids).numpy(), torch.cat(out_scores).numpy().astype(np.float32)
+
+
+def retrieve(ref_alleles: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None = None,
+             backend: Backend = "auto", device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Build a `WindowIndex` over `ref_alleles` [H, n] and search `queries` [Q, n]: (ids [Q, k], scores [Q, k])."""
+    return WindowIndex(ref_alleles, backend=backend, device=device).search(queries, k, exclude)

@@ -1,0 +1,168 @@
+"""Read a phased target VCF (e.g. a SNP array) and place its calls on the panel's sites.
+
+Target sites are matched to the store's panel by contig, position, REF and ALT:
+
+- matched: same REF/ALT;
+- swapped: target REF/ALT = panel ALT/REF; kept, alleles recoded 0 <-> 1;
+- flipped: the complementary strand (A/C vs T/G, also with REF/ALT swapped); kept, recoded to the panel's alleles;
+- ambiguous_dropped: A/T or C/G panel SNP with the target's alleles reversed (a swap and a strand flip look the
+  same, so the allele coding cannot be told): dropped. An A/T or C/G site with the same REF/ALT counts as matched
+  (the usual assumption that both files are on the forward strand);
+- not_in_panel: no panel site with that position and those alleles (other alleles, or another position): dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from ragprep.errors import InputError
+from ragprep.vcf import MISSING, open_vcf, parse_region, read_panel
+from stores.reader import EmbeddingStore
+
+_COMPLEMENT = str.maketrans("ACGT", "TGCA")
+_NO_RECORDS = "the target has no biallelic records"  # start of read_panel's problem text for an empty read
+
+
+@dataclass
+class Targets:
+    """Target haplotypes on the panel's sites, in the panel's site order and REF/ALT coding.
+
+    Haplotype h is allele (h % 2) of sample (h // 2). `alleles` is -1 at panel sites the target does not type
+    and at missing calls. `missing_calls` counts genotypes (sample x kept site) with a missing allele.
+    """
+
+    path: str
+    contig: str
+    sample_ids: np.ndarray  # str [N]
+    alleles: np.ndarray  # int8 [panel sites, 2N]: 0 REF, 1 ALT, -1 untyped or missing
+    typed: np.ndarray  # bool [panel sites]: the target has the site
+    matched: int = 0
+    swapped: int = 0
+    flipped: int = 0
+    ambiguous_dropped: int = 0
+    not_in_panel: int = 0
+    missing_calls: int = 0
+    skipped_multiallelic: int = 0
+    contig_length: int | None = None  # from the target's ##contig header line, when it has one
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.sample_ids.shape[0])
+
+    @property
+    def n_typed(self) -> int:
+        return int(self.typed.sum())
+
+    def summary(self) -> str:
+        n_sites = self.typed.size
+        text = (
+            f"{self.path}: {self.n_samples} samples; {self.n_typed} target sites on the panel "
+            f"({self.matched} matched, {self.swapped} REF/ALT-swapped, {self.flipped} strand-flipped), "
+            f"dropped {self.ambiguous_dropped} strand-ambiguous and {self.not_in_panel} not in the panel; "
+            f"{self.missing_calls} missing calls; typed {self.n_typed} of {n_sites} panel sites "
+            f"({100 * self.n_typed / max(n_sites, 1):.1f}%)"
+        )
+        if self.skipped_multiallelic:
+            text += f"; skipped {self.skipped_multiallelic} multiallelic records"
+        return text
+
+
+def load_targets(path: str, store: EmbeddingStore, region: str | None = None) -> Targets:
+    """Read phased diploid target genotypes from `path` and match them to `store`'s panel sites.
+
+    `region` (CONTIG or CONTIG:START-END) must be on the store's contig; by default the whole contig is read,
+    so a genome-wide target file works. Raises InputError (one line: file, problem, fix) for unphased calls,
+    a contig the panel does not have, or no site in common with the panel.
+    """
+    contig = parse_region(region)[0] if region else store.contig
+    if contig != store.contig:
+        raise _contig_error(path, [contig], store.contig, what="--region is on contig")
+    header_contigs = _header_contigs(path)
+    if header_contigs and store.contig not in header_contigs:
+        raise _contig_error(path, header_contigs, store.contig)
+    try:
+        target = read_panel(path, region or store.contig, allow_missing=True, what="target")
+    except InputError as err:
+        if err.problem.startswith(_NO_RECORDS) and not header_contigs:
+            found = _record_contigs(path)
+            if found and store.contig not in found:
+                raise _contig_error(path, found, store.contig) from None
+        raise
+
+    positions = np.asarray(store.positions)
+    ref_alt = np.char.upper(np.asarray(store.alleles_ref_alt))  # StringDType from zarr, or str
+    at = np.minimum(np.searchsorted(positions, target.positions), positions.size - 1)
+    at_site = positions[at] == target.positions
+    p_ref, p_alt = ref_alt[at, 0], ref_alt[at, 1]
+    t_ref, t_alt = np.char.upper(target.ref), np.char.upper(target.alt)
+    c_ref, c_alt = _complement(t_ref), _complement(t_alt)
+
+    same = at_site & (t_ref == p_ref) & (t_alt == p_alt)
+    reversed_ = at_site & (t_ref == p_alt) & (t_alt == p_ref)
+    ambiguous = reversed_ & (_complement(p_alt) == p_ref)  # A/T, T/A, C/G, G/C
+    swapped = reversed_ & ~ambiguous
+    flip_same = at_site & ~same & ~reversed_ & (c_ref == p_ref) & (c_alt == p_alt)
+    flip_swap = at_site & ~same & ~reversed_ & (c_ref == p_alt) & (c_alt == p_ref)
+    keep = same | swapped | flip_same | flip_swap
+    recode = swapped | flip_swap
+    if not keep.any():
+        raise InputError(
+            path, f"none of the target's {target.n_variants} sites on {target.contig} matches a panel site "
+            f"(position, REF, ALT) of {store.url}",
+            "check that target and panel use the same genome build and that the target is typed at panel sites",
+        )
+
+    calls = target.alleles[keep]
+    flip_rows = recode[keep]
+    calls[flip_rows] = np.where(calls[flip_rows] == MISSING, MISSING, 1 - calls[flip_rows])
+    alleles = np.full((positions.size, target.n_haplotypes), MISSING, dtype=np.int8)
+    alleles[at[keep]] = calls
+    typed = np.zeros(positions.size, dtype=bool)
+    typed[at[keep]] = True
+    missing = calls.reshape(calls.shape[0], -1, 2) == MISSING
+    return Targets(
+        path=str(path),
+        contig=target.contig,
+        sample_ids=target.sample_ids,
+        alleles=alleles,
+        typed=typed,
+        matched=int(same.sum()),
+        swapped=int(swapped.sum()),
+        flipped=int((flip_same | flip_swap).sum()),
+        ambiguous_dropped=int(ambiguous.sum()),
+        not_in_panel=int((~keep & ~ambiguous).sum()),
+        missing_calls=int(missing.any(axis=2).sum()),
+        skipped_multiallelic=target.skipped_multiallelic,
+        contig_length=target.contig_length,
+    )
+
+
+def _complement(alleles: np.ndarray) -> np.ndarray:
+    """Complement of single-base A/C/G/T alleles; '' for anything else (never equal to a panel allele)."""
+    is_base = np.isin(alleles, ["A", "C", "G", "T"])
+    return np.where(is_base, np.char.translate(alleles, _COMPLEMENT), "")
+
+
+def _contig_error(path: str, found: list[str], panel_contig: str, what: str = "the target's contigs are") -> InputError:
+    shown = ", ".join(found[:5]) + (f" (+{len(found) - 5} more)" if len(found) > 5 else "")
+    return InputError(
+        path, f"{what} {shown} but the panel is on {panel_contig}",
+        f"give the target's records on {panel_contig} (rename contigs with `bcftools annotate --rename-chrs` "
+        "if only the naming differs, e.g. 22 vs chr22), or use a store built for that contig",
+    )
+
+
+def _header_contigs(path: str) -> list[str]:
+    """Contig IDs declared in the header (##contig lines), without touching an index."""
+    return re.findall(r"^##contig=<ID=([^,>]+)", open_vcf(path).raw_header, flags=re.MULTILINE)
+
+
+def _record_contigs(path: str) -> list[str]:
+    """Distinct CHROM values of the records, in file order (error path only: scans the file)."""
+    seen: dict[str, None] = {}
+    for record in open_vcf(path):
+        seen.setdefault(record.CHROM)
+    return list(seen)

@@ -1,0 +1,189 @@
+"""Write imputed haplotypes as a sorted, bgzipped, tabix-indexed VCF that bcftools, cyvcf2 and pysam read.
+
+Per site: INFO AF (panel ALT frequency), DR2 (Beagle's estimated dosage r2), IMP (flag: not typed in the
+target). Per sample: GT (phased best guess, ALT where a haplotype's probability > 0.5), DS, GP, HDS.
+
+Precision: haplotype probabilities are rounded to 3 decimals first (HDS), and everything else is derived from
+those rounded values in whole thousandths, so the printed fields agree exactly: DS = HDS1 + HDS2 =
+GP[1] + 2 * GP[2], GP sums to 1, and GT is ALT exactly where HDS > 0.5. GP[2] = HDS1 * HDS2 (the two
+haplotypes taken as independent) rounded to 3 decimals; GP[1] and GP[0] then follow from DS and the sum, so
+each is within 0.001 of its unrounded value. Beagle prints 2 decimals; 3 keeps rare-variant dosages apart.
+Values print without trailing zeros ("0", "0.25", "1").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pysam
+from pysam.libcbgzf import BGZFile
+
+from ragprep.errors import InputError
+from ragtrain.metrics import dr2_from_haplotypes
+from stores.reader import EmbeddingStore
+
+SCALE = 1000  # printed precision: thousandths
+FORMAT = "GT:DS:GP:HDS"
+CHUNK_SITES = 256  # sites formatted at a time (bounds memory at ~CHUNK_SITES x samples strings)
+
+
+@dataclass
+class Sites:
+    """The panel sites an imputed VCF covers: one contig, any order (records are written sorted)."""
+
+    contig: str
+    positions: np.ndarray  # int [V], 1-based
+    ref: np.ndarray  # str [V]
+    alt: np.ndarray  # str [V]
+    af: np.ndarray  # float [V]: panel ALT allele frequency
+    contig_length: int | None = None
+
+    @classmethod
+    def from_store(cls, store: EmbeddingStore, contig_length: int | None = None) -> Sites:
+        """The store's panel sites; the store keeps no contig length, so pass one (e.g. Targets.contig_length)."""
+        ref_alt = np.asarray(store.alleles_ref_alt)
+        return cls(store.contig, np.asarray(store.positions), ref_alt[:, 0], ref_alt[:, 1], np.asarray(store.af),
+                   contig_length)
+
+
+def write_imputed_vcf(
+    out: str | Path,
+    sites: Sites | EmbeddingStore,
+    sample_ids: np.ndarray | list[str],
+    hap_alt_prob: np.ndarray,
+    typed: np.ndarray | None = None,
+    observed: np.ndarray | None = None,
+    source: str = "ragsnv",
+) -> Path:
+    """Write `out` (.vcf.gz) and its tabix index `out`.tbi; returns `out`.
+
+    sites: a Sites or the store itself (its panel sites, AF and contig).
+    sample_ids: str [N]; haplotype h is allele (h % 2) of sample (h // 2), as everywhere in ragsnv.
+    hap_alt_prob: float [sites, 2N], probability that each haplotype carries ALT, in the panel's site order.
+    typed: bool [sites], sites the target typed (no IMP flag); None: every site is imputed.
+    observed: int8 [sites, 2N], the target's own alleles (Targets.alleles: -1 untyped or missing). At typed
+      sites observed alleles replace the model's probabilities (written as 0/1); missing calls keep them.
+    With a Targets `t`: write_imputed_vcf(out, store, t.sample_ids, probs, t.typed, t.alleles).
+    """
+    out = Path(out)
+    if not out.name.endswith(".vcf.gz"):
+        raise InputError(out, "the output must be a bgzipped VCF", "name it like imputed.vcf.gz")
+    if isinstance(sites, EmbeddingStore):
+        sites = Sites.from_store(sites)
+    sample_ids = [str(s) for s in sample_ids]
+    probs = np.asarray(hap_alt_prob)
+    n_sites = len(sites.positions)
+    _check_shapes(sites, len(sample_ids), probs, typed, observed)
+    typed = np.zeros(n_sites, dtype=bool) if typed is None else np.asarray(typed, dtype=bool)
+    order = np.argsort(np.asarray(sites.positions), kind="stable")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    try:
+        with BGZFile(str(tmp), "wb") as handle:
+            handle.write(_header(sites, sample_ids, source).encode())
+            for start in range(0, n_sites, CHUNK_SITES):
+                rows = order[start:start + CHUNK_SITES]
+                chunk = _final_probs(probs[rows], typed[rows], None if observed is None else observed[rows])
+                dr2 = dr2_from_haplotypes(chunk)
+                columns = _sample_columns(np.rint(chunk * SCALE).astype(np.int32))
+                lines = [
+                    f"{sites.contig}\t{int(sites.positions[i])}\t.\t{sites.ref[i]}\t{sites.alt[i]}\t.\tPASS\t"
+                    f"AF={_trim(f'{float(sites.af[i]):.4f}')};DR2={_milli(round(float(r2) * SCALE))}"
+                    f"{'' if typed[i] else ';IMP'}\t{FORMAT}\t{column}\n"
+                    for i, r2, column in zip(rows.tolist(), dr2.tolist(), columns)
+                ]
+                handle.write("".join(lines).encode())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+    pysam.tabix_index(str(out), preset="vcf", force=True)
+    return out
+
+
+def _check_shapes(sites: Sites, n_samples: int, probs: np.ndarray, typed: np.ndarray | None,
+                  observed: np.ndarray | None) -> None:
+    n_sites = len(sites.positions)
+    expected = (n_sites, 2 * n_samples)
+    if probs.shape != expected:
+        raise ValueError(f"hap_alt_prob has shape {probs.shape}; expected (sites, 2 * samples) = {expected}")
+    if observed is not None and np.shape(observed) != expected:
+        raise ValueError(f"observed has shape {np.shape(observed)}; expected {expected}")
+    if typed is not None and np.shape(typed) != (n_sites,):
+        raise ValueError(f"typed has shape {np.shape(typed)}; expected ({n_sites},)")
+    if np.isin(np.asarray(sites.ref), ["", "."]).any() or np.isin(np.asarray(sites.alt), ["", "."]).any():
+        raise ValueError("REF/ALT must be real alleles, not '' or '.'")
+
+
+def _final_probs(probs: np.ndarray, typed: np.ndarray, observed: np.ndarray | None) -> np.ndarray:
+    """float32 [sites, 2N] of some sites: the model's probabilities, observed alleles at typed sites."""
+    probs = probs.astype(np.float32, copy=False)
+    if not np.isfinite(probs).all() or probs.min(initial=0) < 0 or probs.max(initial=0) > 1:
+        raise ValueError("hap_alt_prob must be probabilities in [0, 1] (no NaN)")
+    if observed is None:
+        return probs
+    use = (observed >= 0) & typed[:, None]
+    return np.where(use, observed, probs).astype(np.float32, copy=False)
+
+
+def _header(sites: Sites, sample_ids: np.ndarray, source: str) -> str:
+    length = f",length={int(sites.contig_length)}" if sites.contig_length else ""
+    lines = [
+        "##fileformat=VCFv4.2",
+        '##FILTER=<ID=PASS,Description="All filters passed">',
+        f"##source={source}",
+        f"##contig=<ID={sites.contig}{length}>",
+        '##INFO=<ID=AF,Number=A,Type=Float,Description="ALT allele frequency in the reference panel">',
+        ('##INFO=<ID=DR2,Number=A,Type=Float,Description="Dosage R-Squared: estimated squared correlation '
+         'between estimated ALT dose and true ALT dose (Beagle DR2)">'),
+        '##INFO=<ID=IMP,Number=0,Type=Flag,Description="Imputed marker (not typed in the target)">',
+        '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype (phased best guess)">',
+        '##FORMAT=<ID=DS,Number=A,Type=Float,Description="Estimated ALT dose [P(RA) + 2*P(AA)]">',
+        '##FORMAT=<ID=GP,Number=G,Type=Float,Description="Estimated genotype probabilities P(RR), P(RA), P(AA)">',
+        '##FORMAT=<ID=HDS,Number=2,Type=Float,Description="Estimated haplotype ALT doses">',
+        "#" + "\t".join(["CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *sample_ids]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _sample_columns(milli: np.ndarray) -> list[str]:
+    """Tab-joined sample fields of each site from haplotype ALT probabilities in thousandths [sites, 2N].
+
+    A sample's field depends only on its two rounded probabilities: each distinct pair is formatted once,
+    with numpy string operations, and the sites' columns are gathered from those.
+    """
+    pairs = milli[:, 0::2] * (SCALE + 1) + milli[:, 1::2]
+    unique, inverse = np.unique(pairs, return_inverse=True)
+    fields = _genotype_fields(unique // (SCALE + 1), unique % (SCALE + 1)).astype(object)
+    return ["\t".join(row) for row in fields[inverse.reshape(pairs.shape)].tolist()]
+
+
+def _genotype_fields(h1: np.ndarray, h2: np.ndarray) -> np.ndarray:
+    """GT:DS:GP:HDS strings from the two haplotype ALT probabilities in thousandths (int arrays).
+
+    GP[2] = round(h1 * h2), GP[1] = DS - 2 GP[2], GP[0] = 1 - GP[1] - GP[2]: exact in thousandths.
+    """
+    gp2 = (h1 * h2 + SCALE // 2) // SCALE
+    gp1 = h1 + h2 - 2 * gp2
+    gp0 = SCALE - h1 - h2 + gp2
+    gt = _GT[2 * (h1 > SCALE // 2) + (h2 > SCALE // 2)]
+    n = _NUMBERS
+    return (gt + ":" + n[h1 + h2] + ":" + n[gp0] + "," + n[gp1] + "," + n[gp2] + ":" + n[h1] + "," + n[h2])
+
+
+def _milli(k: int) -> str:
+    """k thousandths as a short decimal: 0 -> '0', 250 -> '0.25', 1000 -> '1', 1999 -> '1.999'."""
+    whole, frac = divmod(int(k), SCALE)
+    return str(whole) if frac == 0 else f"{whole}.{frac:03d}".rstrip("0")
+
+
+def _trim(text: str) -> str:
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+_GT = np.array(["0|0", "0|1", "1|0", "1|1"])
+_NUMBERS = np.array([_milli(k) for k in range(2 * SCALE + 1)])  # 0 .. 2 in thousandths, as printed

@@ -1,0 +1,135 @@
+"""Retrieval is exact masked-Hamming top-k, deterministic in ties, identical across backends, leak-free."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragtrain.retrieval import WindowIndex, encode_pm1, own_haplotypes, retrieve
+
+pytest.importorskip("faiss")  # installed by `pip install .[cpu]`: these tests exercise the real thing
+
+BACKENDS = ["faiss", "torch"]
+
+
+def brute_force(ref: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None = None):
+    """Plain numpy: score = agreements - disagreements over each query's observed sites; best score first,
+    ties by lower id; excluded ids dropped."""
+    observed = queries[:, None, :] >= 0
+    same = queries[:, None, :] == ref[None, :, :]
+    score = (observed & same).sum(-1) - (observed & ~same).sum(-1)  # [Q, H]
+    ids = np.broadcast_to(np.arange(ref.shape[0]), score.shape)
+    banned = np.zeros(score.shape, dtype=bool) if exclude is None else (ids[:, :, None] == exclude[:, None, :]).any(-1)
+    order = np.lexsort((ids, -score, banned), axis=-1)[:, :k]
+    assert not np.take_along_axis(banned, order, axis=1).any()
+    return order.astype(np.int64), np.take_along_axis(score, order, axis=1).astype(np.float32)
+
+
+def panel(rng: np.random.Generator, n_hap: int, n_sites: int, n_founders: int) -> np.ndarray:
+    """Haplotypes copied from a few founders with a little noise: many exact duplicates, many ties."""
+    founders = (rng.random((n_founders, n_sites)) < 0.3).astype(np.int8)
+    ref = founders[rng.integers(n_founders, size=n_hap)]
+    flip = rng.random(ref.shape) < 0.03
+    return np.where(flip, 1 - ref, ref).astype(np.int8)
+
+
+def masked_queries(rng: np.random.Generator, n_queries: int, n_sites: int, ratio: float) -> np.ndarray:
+    queries = (rng.random((n_queries, n_sites)) < 0.3).astype(np.int8)
+    return np.where(rng.random(queries.shape) < ratio, np.int8(-1), queries)
+
+
+def test_encoding_is_pm1_with_zero_for_masked():
+    assert encode_pm1(np.array([0, 1, -1], dtype=np.int8)).tolist() == [-1.0, 1.0, 0.0]
+    assert encode_pm1(np.zeros((2, 3), dtype=np.int8)).dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_brute_force_including_tie_order(backend):
+    rng = np.random.default_rng(0)
+    for trial in range(12):
+        n_sites = int(rng.integers(4, 40))
+        ref = panel(rng, n_hap=int(rng.integers(20, 120)), n_sites=n_sites, n_founders=int(rng.integers(2, 8)))
+        queries = masked_queries(rng, 25, n_sites, ratio=float(rng.uniform(0.0, 0.95)))
+        index = WindowIndex(ref, backend=backend)
+        assert index.backend == ("faiss-cpu" if backend == "faiss" else "torch")
+        for k in (1, 3, 8, ref.shape[0] // 2, ref.shape[0]):
+            ids, scores = index.search(queries, k)
+            want_ids, want_scores = brute_force(ref, queries, k)
+            np.testing.assert_array_equal(ids, want_ids, err_msg=f"trial {trial} k {k}")
+            np.testing.assert_array_equal(scores, want_scores)
+            assert ids.dtype == np.int64 and scores.dtype == np.float32 and ids.shape == (25, k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exclusion_matches_brute_force(backend):
+    rng = np.random.default_rng(1)
+    ref = panel(rng, n_hap=60, n_sites=24, n_founders=3)
+    queries = masked_queries(rng, 30, 24, ratio=0.5)
+    exclude = rng.integers(60, size=(30, 4))
+    exclude[::3, 1] = -1  # ignored
+    for k in (1, 5, 56):
+        ids, scores = retrieve(ref, queries, k, exclude=exclude, backend=backend)
+        want_ids, want_scores = brute_force(ref, queries, k, exclude)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(scores, want_scores)
+
+
+def test_backends_agree_on_a_larger_panel():
+    rng = np.random.default_rng(2)
+    ref = panel(rng, n_hap=400, n_sites=128, n_founders=10)
+    queries = masked_queries(rng, 200, 128, ratio=0.6)
+    exclude = own_haplotypes(rng.integers(200, size=200))
+    faiss_out = retrieve(ref, queries, 16, exclude, backend="faiss")
+    torch_out = retrieve(ref, queries, 16, exclude, backend="torch")
+    for a, b in zip(faiss_out, torch_out):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_query_from_the_panel_never_retrieves_its_own_sample(backend):
+    rng = np.random.default_rng(3)
+    ref = (rng.random((80, 32)) < 0.3).astype(np.int8)  # 40 diploid samples, no two alike
+    samples = np.arange(40).repeat(2)
+    queries = np.where(rng.random(ref.shape) < 0.3, np.int8(-1), ref)  # each haplotype, partly masked
+    exclude = own_haplotypes(samples)
+    assert exclude[5].tolist() == [4, 5]
+    ids, _ = retrieve(ref, queries, 10, exclude=exclude, backend=backend)
+    own = ids // 2 == samples[:, None]
+    assert not own.any()
+    unguarded, _ = retrieve(ref, queries, 1, backend=backend)
+    assert (unguarded[:, 0] // 2 == samples).all()  # without the guard, queries find themselves
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ids_index_the_right_rows(backend):
+    rng = np.random.default_rng(4)
+    ref = panel(rng, n_hap=50, n_sites=30, n_founders=5)
+    queries = masked_queries(rng, 20, 30, ratio=0.4)
+    ids, scores = retrieve(ref, queries, 7, backend=backend)
+    rows = ref[ids]  # [Q, k, n]
+    observed = queries[:, None, :] >= 0
+    agree = (observed & (rows == queries[:, None, :])).sum(-1)
+    disagree = (observed & (rows != queries[:, None, :])).sum(-1)
+    np.testing.assert_array_equal(scores, agree - disagree)
+    assert (np.diff(scores, axis=1) <= 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_too_few_haplotypes_after_exclusion_is_a_clear_error(backend):
+    ref = np.zeros((6, 5), dtype=np.int8)
+    with pytest.raises(ValueError, match="cannot retrieve k=5 .* 6 reference haplotypes .* 2 are excluded"):
+        retrieve(ref, ref[:2], 5, exclude=np.array([[0, 1], [2, 3]]), backend=backend)
+    ids, _ = retrieve(ref, ref[:2], 4, exclude=np.array([[0, 1], [2, 3]]), backend=backend)
+    assert ids.tolist() == [[2, 3, 4, 5], [0, 1, 4, 5]]
+
+
+def test_bad_arguments():
+    ref = np.zeros((6, 5), dtype=np.int8)
+    with pytest.raises(ValueError, match="backend"):
+        WindowIndex(ref, backend="annoy")
+    with pytest.raises(ValueError, match="queries must be"):
+        retrieve(ref, np.zeros((2, 4), dtype=np.int8), 1)
+    with pytest.raises(ValueError, match="exclude holds haplotype id 6"):
+        retrieve(ref, ref[:1], 1, exclude=np.array([[6]]))
+    ids, scores = retrieve(ref, np.zeros((0, 5), dtype=np.int8), 3)
+    assert ids.shape == scores.shape == (0, 3)

@@ -1,0 +1,104 @@
+"""VCF -> panel -> store keeps every allele, position, REF/ALT and sample id; bad records fail on one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import good_records, vcf_record, write_vcf_text
+from cyvcf2 import VCF
+
+from ragprep.errors import InputError
+from ragprep.vcf import parse_region, read_panel
+from stores import open_store
+
+
+def read_with_cyvcf2(path) -> dict:
+    """The panel read directly with cyvcf2, independently of ragprep.vcf: biallelic records only."""
+    vcf = VCF(str(path))
+    positions, ref, alt, rows, multiallelic = [], [], [], [], []
+    for rec in vcf:
+        if len(rec.ALT) != 1:
+            multiallelic.append(f"{rec.CHROM}:{rec.POS}")
+            continue
+        positions.append(rec.POS)
+        ref.append(rec.REF)
+        alt.append(rec.ALT[0])
+        rows.append(np.array(rec.genotypes)[:, :2].reshape(-1))  # [S1a, S1b, S2a, ...]
+    return {"samples": list(vcf.samples), "positions": np.array(positions), "ref": ref, "alt": alt,
+            "haplotypes": np.array(rows).T, "multiallelic": multiallelic}  # haplotypes [2N, V]
+
+
+def test_store_round_trip_equals_cyvcf2(panel_vcf, store_path):
+    truth = read_with_cyvcf2(panel_vcf)
+    store = open_store(store_path)
+    assert store.is_complete
+    assert store.contig == "chr22"
+    assert store.sample_ids.tolist() == truth["samples"]
+    np.testing.assert_array_equal(store.positions, truth["positions"])
+    np.testing.assert_array_equal(store.alleles_ref_alt[:, 0], truth["ref"])
+    np.testing.assert_array_equal(store.alleles_ref_alt[:, 1], truth["alt"])
+    n_sites = truth["positions"].size
+    np.testing.assert_array_equal(store.haplotypes(0, n_sites), truth["haplotypes"])
+    np.testing.assert_array_equal(store.haplotypes(17, 90), truth["haplotypes"][:, 17:90])
+    assert store.n_haplotypes == 2 * len(truth["samples"])
+    # the session panel does hold a multiallelic record: it was skipped, counted and named
+    panel = read_panel(str(panel_vcf))
+    assert truth["multiallelic"] and panel.skipped_multiallelic == len(truth["multiallelic"])
+    assert panel.skipped_examples == truth["multiallelic"][:3]
+
+
+def test_af_is_alt_frequency_of_the_panel(panel_vcf, store_path):
+    truth = read_with_cyvcf2(panel_vcf)
+    expected = (truth["haplotypes"] == 1).sum(axis=0) / truth["haplotypes"].shape[0]
+    store = open_store(store_path)
+    assert store.af.dtype == np.float32
+    np.testing.assert_allclose(store.af, expected, rtol=0, atol=1e-7)
+    assert 0 < store.af.min() and store.af.max() < 1  # simulated sites are segregating
+
+
+def test_region_picks_one_contig_with_and_without_index(tmp_path):
+    records = good_records(range(100, 1000, 100)) + good_records(range(50, 550, 100), chrom="chr2")
+    for index in (False, True):
+        path = write_vcf_text(tmp_path / f"two_{index}.vcf.gz", records, index=index)
+        panel = read_panel(str(path), region="chr2")
+        assert panel.contig == "chr2" and panel.positions.tolist() == [50, 150, 250, 350, 450]
+        panel = read_panel(str(path), region="chr1:200-500")
+        assert panel.contig == "chr1" and panel.positions.tolist() == [200, 300, 400, 500]
+        with pytest.raises(InputError, match="no biallelic records in region chr3"):
+            read_panel(str(path), region="chr3")
+        with pytest.raises(InputError, match=r"chr2:50: records of a second contig .*--region chr1"):
+            read_panel(str(path))
+
+
+def test_parse_region():
+    assert parse_region("chr22") == ("chr22", 1, 2**62)
+    assert parse_region("chr22:1,000-2,000") == ("chr22", 1000, 2000)
+    with pytest.raises(InputError, match="--region"):
+        parse_region("chr22:abc")
+
+
+def test_targets_keep_missing_calls(tmp_path):
+    """allow_missing (targets): './.', '.|.', '.' and half-missing calls become -1; phased calls stay."""
+    records = [vcf_record(100, "0|1", "./.", "1|1"), vcf_record(200, ".|.", "1|0", "."),
+               vcf_record(300, "0|.", "1|1", "0|0")]
+    panel = read_panel(str(write_vcf_text(tmp_path / "t.vcf.gz", records)), allow_missing=True)
+    np.testing.assert_array_equal(panel.alleles, [[0, 1, -1, -1, 1, 1], [-1, -1, 1, 0, -1, -1],
+                                                  [0, -1, 1, 1, 0, 0]])
+    np.testing.assert_allclose(panel.af, [3 / 4, 1 / 2, 2 / 5])  # over observed haplotypes only
+
+
+@pytest.mark.parametrize(("call", "problem"), [
+    ("0/1", "sample S2 is unphased"),
+    ("./.", "sample S2 has a missing allele"),  # cyvcf2 flags it unphased: missing must win
+    (".|.", "sample S2 has a missing allele"),
+    (".", "sample S2 has a missing allele"),
+    ("1", "sample S2 has ploidy 1"),
+    ("0|1|1", "sample S2 has ploidy 3"),
+])
+def test_bad_call_names_file_site_and_sample(tmp_path, call, problem):
+    records = good_records(range(100, 400, 100)) + [vcf_record(400, "0|1", call, "1|1")]
+    path = write_vcf_text(tmp_path / "bad.vcf.gz", records)
+    with pytest.raises(InputError) as err:
+        read_panel(str(path))
+    text = str(err.value)
+    assert text.startswith(f"{path}: chr1:400: {problem}") and "; fix: " in text and "\n" not in text
