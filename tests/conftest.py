@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pysam
 import pytest
+import torch
 import zarr
 
 from ragprep.encode import EncodeOptions, encode
@@ -26,6 +29,23 @@ def tiny_options(**overrides) -> EncodeOptions:
     return EncodeOptions(**{**base, **overrides})
 
 
+@contextmanager
+def torch_threads(n: int = 1) -> Iterator[None]:
+    """Run torch on `n` threads for a while: tiny test models are fastest on one (two crawl on busy cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def panel_vcf(tmp_path_factory) -> Path:
     """60 diploid samples, ~490 biallelic sites, one multiallelic (OutOfAfrica_3G09); bgzipped, indexed."""
@@ -37,7 +57,8 @@ def panel_vcf(tmp_path_factory) -> Path:
 def store_path(panel_vcf, tmp_path_factory) -> str:
     """A complete fp16 store of `panel_vcf` at the tiny config."""
     out = str(tmp_path_factory.mktemp("store") / "store.zarr")
-    encode(str(panel_vcf), out, tiny_options())
+    with torch_threads(1):
+        encode(str(panel_vcf), out, tiny_options())
     return out
 
 
@@ -45,7 +66,8 @@ def store_path(panel_vcf, tmp_path_factory) -> str:
 def int8_store_path(panel_vcf, tmp_path_factory) -> str:
     """`store_path` again, stored as int8 with per-vector scales."""
     out = str(tmp_path_factory.mktemp("store_int8") / "store.zarr")
-    encode(str(panel_vcf), out, tiny_options(memory_dtype="int8"))
+    with torch_threads(1):
+        encode(str(panel_vcf), out, tiny_options(memory_dtype="int8"))
     return out
 
 

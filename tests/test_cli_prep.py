@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 from ragprep.cli import app
 from stores import open_store
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread is fastest
+
 
 def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, TINY_CLI, assert_stores_equal, stray_entries, tiny_options
+from conftest import TINY, TINY_CLI, assert_stores_equal, stray_entries, tiny_options, torch_threads
 from typer.testing import CliRunner
 
 from ragprep.cli import app
@@ -23,6 +23,8 @@ from stores import StoreError, open_store
 from stores.quantize import dequantize_int8, quantize_int8
 
 CPU = torch.device("cpu")
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread is fastest
 
 
 def run_cli(*args: str):
@@ -153,12 +155,8 @@ def test_killed_encode_resumes_to_the_uninterrupted_result(panel_vcf, tmp_path):
     assert open_store(str(out)).is_complete
 
     reference = tmp_path / "uninterrupted.zarr"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the subprocess
-    try:
+    with torch_threads(1):  # as in the subprocess
         run_cli(*args, "--out", reference)
-    finally:
-        torch.set_num_threads(threads)
     assert_stores_equal(str(out), str(reference))
     assert not stray_entries(tmp_path)
 

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import zarr
-from conftest import stray_entries, tiny_options
+from conftest import stray_entries, tiny_options, torch_threads
 from typer.testing import CliRunner
 
 from ragprep.cli import app
@@ -18,17 +18,20 @@ from stores import EmbeddingStore, StoreError, StoreWriter, create_store, open_s
 # unsorted, repeated, first and last haplotype (120 haplotypes in blocks of 16: the last block is partial)
 IDS = np.array([119, 3, 3, 64, 0, 17, 119, 15, 16, 101])
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread is fastest
+
 
 @pytest.fixture(scope="module")
 def stores(panel_vcf, store_path, int8_store_path, tmp_path_factory) -> dict[str, str]:
     """The session's zstd stores plus uncompressed (memory-mapped) and Zarr-sharded ones of the same panel."""
     root = tmp_path_factory.mktemp("stores")
     found = {"float16": store_path, "int8": int8_store_path}
-    for dtype in ("float16", "int8"):
-        found[f"{dtype}-none"] = str(root / f"{dtype}-none.zarr")
-        encode(str(panel_vcf), found[f"{dtype}-none"], tiny_options(memory_dtype=dtype, compressor="none"))
-    found["float16-sharded"] = str(root / "sharded.zarr")
-    encode(str(panel_vcf), found["float16-sharded"], tiny_options(sharded=True))
+    with torch_threads(1):
+        for dtype in ("float16", "int8"):
+            found[f"{dtype}-none"] = str(root / f"{dtype}-none.zarr")
+            encode(str(panel_vcf), found[f"{dtype}-none"], tiny_options(memory_dtype=dtype, compressor="none"))
+        found["float16-sharded"] = str(root / "sharded.zarr")
+        encode(str(panel_vcf), found["float16-sharded"], tiny_options(sharded=True))
     return found
 
 
