@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 
@@ -201,8 +202,6 @@ class Prefetcher:
         self.queue.put(None)
 
     def __iter__(self) -> Iterator[Batch]:
-        import time
-
         while True:
             t0 = time.perf_counter()
             item = self.queue.get()

@@ -30,7 +30,7 @@ from ragtrain.data import (
     validation_plan,
 )
 from ragtrain.masking import VALIDATION_EPOCH, MaskSpec
-from ragtrain.metrics import MAF_BINS, bin_label, summarise
+from ragtrain.metrics import MAF_BINS, bin_label, dosage_r2, minor_allele_dose, summarise
 from ragtrain.model import ModelConfig, RagImputer
 from stores import EmbeddingStore, StoreError, open_store
 
@@ -149,8 +149,9 @@ class Trainer:
         self.train_queries, self.val_queries = load_queries(self.store, self.panel_haps, options)
         self.mask = MaskSpec.parse(options.mask)
         self.val_mask = MaskSpec.parse(options.val_mask)
-        self.steps_per_epoch = math.ceil(len(epoch_plan(self.store.n_windows, len(self.train_queries),
-                                                        options.batch_size, options.seed, 0)) / options.accumulate)
+        self.batches_per_epoch = len(epoch_plan(self.store.n_windows, len(self.train_queries), options.batch_size,
+                                                options.seed, 0))
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / options.accumulate)
         self.total_steps = options.max_steps or options.epochs * self.steps_per_epoch
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(options.warmup, self.total_steps))
@@ -230,7 +231,6 @@ class Trainer:
         stop_at = self.total_steps if o.stop_after is None else min(self.total_steps, self.step + o.stop_after)
         prefetch = Prefetcher(self.builder(self.train_queries, self.mask), self.train_items(),
                               pin=self.device.type == "cuda")
-        plan_len = len(epoch_plan(self.store.n_windows, len(self.train_queries), o.batch_size, o.seed, 0))
         metrics: dict = {}
         started, start_step = time.perf_counter(), self.step
         losses: list[float] = []
@@ -248,7 +248,7 @@ class Trainer:
                         (loss / o.accumulate).backward()
                         losses.append(float(loss.detach()))
                         self.batch_in_epoch += 1
-                        if self.batch_in_epoch == plan_len:
+                        if self.batch_in_epoch == self.batches_per_epoch:
                             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip)
                     self.optimizer.step()
@@ -308,13 +308,14 @@ class Trainer:
         truth = (queries.alleles[0::2] + queries.alleles[1::2]).astype(np.float32)
         af = self.store.af
         table = summarise(dosage.T, truth.T, np.minimum(af, 1 - af), af=af)
-        pooled = ~np.isnan(dosage)
-        r2_all = float(np.corrcoef(dosage[pooled], truth[pooled])[0, 1] ** 2) if pooled.sum() > 2 else float("nan")
+        r2_all = dosage_r2(*minor_allele_dose(dosage.T, truth.T, af))
         metrics = {"val_loss": sum(losses) / max(scored, 1), "val_accuracy": correct / max(scored, 1),
                    "r2_all": r2_all if not math.isnan(r2_all) else 0.0}
         for row in table:
             metrics[f"r2 {row['bin']}"] = row["r2"]
-        metrics["nonref_concordance"] = _pooled_nonref(table)
+        nonref = sum(row["n_nonref"] for row in table)
+        agree = sum(row["nonref_concordance"] * row["n_nonref"] for row in table if row["n_nonref"])
+        metrics["nonref_concordance"] = agree / nonref if nonref else float("nan")
         return metrics
 
     def log(self, metrics: dict) -> None:
@@ -342,15 +343,6 @@ class Trainer:
             except ImportError:  # tensorboard not installed: CSV only
                 self._tb = None
         return self._tb
-
-
-def _pooled_nonref(table: list[dict]) -> float:
-    values = [(row["nonref_concordance"], row.get("n_genotypes", 1)) for row in table
-              if row.get("nonref_concordance") is not None and not math.isnan(row["nonref_concordance"])]
-    if not values:
-        return float("nan")
-    total = sum(weight for _, weight in values)
-    return sum(value * weight for value, weight in values) / max(total, 1)
 
 
 def fit(options: FitOptions) -> FitResult:

@@ -85,6 +85,13 @@ def _binned_r2(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_groups: int) 
     return _pearson_r2(n, sxx, syy, sxy)
 
 
+def minor_allele_dose(dosage: np.ndarray, truth: np.ndarray, af: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dosage and true count [sites, samples] of each site's minor allele (2 - x where ALT is the major allele,
+    af > 0.5), so that pooling sites measures imputation, not the differences between the sites' frequencies."""
+    major = (np.asarray(af) > 0.5)[:, None]
+    return np.where(major, 2 - dosage, dosage), np.where(major, 2 - truth, truth)
+
+
 def dosage_r2(dosage: np.ndarray, truth: np.ndarray) -> float:
     """Aggregate dosage r2: squared Pearson correlation of dosage and true ALT count over all valid pairs."""
     valid = valid_mask(dosage, truth)
@@ -179,11 +186,8 @@ def summarise(dosage: np.ndarray, truth: np.ndarray, maf: np.ndarray, gp: np.nda
     valid = valid_mask(dosage, truth) & (bins >= 0)[:, None]
     groups = np.broadcast_to(bins[:, None], dosage.shape)[valid]
     x, y = dosage[valid], truth[valid]
-    if af is not None:
-        major = np.broadcast_to((np.asarray(af) > 0.5)[:, None], dosage.shape)[valid]
-        r2 = _binned_r2(np.where(major, 2 - x, x), np.where(major, 2 - y, y), groups, n_bins)
-    else:
-        r2 = _binned_r2(x, y, groups, n_bins)
+    dose, count = (x, y) if af is None else (m[valid] for m in minor_allele_dose(dosage, truth, af))
+    r2 = _binned_r2(dose, count, groups, n_bins)
     called = best_guess(dosage, gp)[valid]
     hit = called == y
     nonref = (called > 0) | (y > 0)
