@@ -30,11 +30,19 @@ demo: install
 	$(BIN)/ragprep simulate --out $(DEMO)/panel.vcf.gz --samples 400 --holdout 40 --length 5e5 --seed $(SEED)
 	$(BIN)/ragprep encode $(DEMO)/panel.vcf.gz --out $(DEMO)/store.zarr --window 128 --stride 112 --seed $(SEED)
 	$(BIN)/ragprep inspect $(DEMO)/store.zarr
-	$(BIN)/ragtrain fit --store $(DEMO)/store.zarr --out $(DEMO)/run --max-steps 150 --eval-every 75 --seed $(SEED)
+	$(BIN)/ragtrain fit --store $(DEMO)/store.zarr --out $(DEMO)/run --max-steps 150 --eval-every 75 \
+		--mask array:10:0.05 --seed $(SEED)
 	$(BIN)/ragtrain impute $(DEMO)/panel.target.vcf.gz --store $(DEMO)/store.zarr --model $(DEMO)/run/best.pt \
 		--out $(DEMO)/imputed.vcf.gz
 	$(BIN)/ragtrain evaluate $(DEMO)/imputed.vcf.gz --truth $(DEMO)/panel.truth.vcf.gz --store $(DEMO)/store.zarr \
 		--out $(DEMO)/report
+
+# Memory, speed, store size and accuracy cost, measured (docs/benchmarks.md). On a CUDA machine:
+#   make bench BENCH_CONFIG=research
+BENCH_CONFIG ?= cpu
+BENCH_OUT    ?= bench
+bench: install
+	$(BIN)/ragtrain bench --config $(BENCH_CONFIG) --out $(BENCH_OUT) --seed $(SEED)
 
 # ragsnv and Beagle 5.4 on the same simulated split (OutOfAfrica panel, held-out array-typed targets).
 COMPARE ?= compare
@@ -60,4 +68,4 @@ compare: install
 	fi
 
 clean:
-	rm -rf $(VENV) $(DEMO) $(COMPARE) *.egg-info
+	rm -rf $(VENV) $(DEMO) $(COMPARE) $(BENCH_OUT) *.egg-info

@@ -43,6 +43,7 @@ def fit(
     train: Annotated[Path | None, typer.Option(help="Separate phased training VCF (default: the panel, split by sample).")] = None,
     rag_mode: Annotated[RagMode, typer.Option(help="precomputed (stored memory), online (research baseline), none.")] = RagMode.precomputed,
     k: Annotated[int, typer.Option(min=1, help="Neighbours retrieved a window.")] = 8,
+    retrieval_flank: Annotated[int, typer.Option(min=0, help="Sites each side of a window whose observed alleles also key retrieval (arrays type ~1 % of sites).")] = 2048,
     fusion: Annotated[Fusion, typer.Option(help="aligned: each site attends to neighbours at that site; full: all sites.")] = Fusion.aligned,
     fusion_layers: Annotated[str | None, typer.Option(help="Comma-separated layers followed by fusion (default: all).")] = None,
     neighbour_alleles: Annotated[bool, typer.Option(help="Embed the neighbours' alleles beside their stored states.")] = True,
@@ -73,6 +74,7 @@ def fit(
         layers = tuple(int(x) for x in fusion_layers.split(",")) if fusion_layers else ()
         options = FitOptions(
             store=store, out=str(out), train_vcf=str(train) if train else None, rag_mode=rag_mode.value, k=k,
+            retrieval_flank=retrieval_flank,
             fusion=fusion.value, fusion_layers=layers, neighbour_alleles=neighbour_alleles, adapter=adapter,
             mask=mask, val_mask=val_mask, val_fraction=val_fraction, seed=seed, epochs=epochs, max_steps=max_steps,
             stop_after=stop_after, batch_size=batch_size, accumulate=accumulate, lr=lr, warmup=warmup,
@@ -157,3 +159,51 @@ def evaluate(
                           fmt(row["concordance"]), fmt(row["nonref_concordance"]), fmt(row["mean_dr2"]))
         console.print(table)
     console.print(f"report: {out / 'report.md'}, {out / 'report.csv'}, {out / 'r2_by_maf.png'}")
+
+
+class BenchConfigName(str, Enum):
+    research = "research"
+    cpu = "cpu"
+    tiny = "tiny"
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@app.command(epilog="Examples: ragtrain bench --config cpu --out bench/    (what `make bench` runs)\n\n"
+             "ragtrain bench --config research --modes precomputed,online,none --batch 64 --k 1,8 --out bench/")
+def bench(
+    config: Annotated[BenchConfigName, typer.Option(help="research (a GPU job), cpu (minutes on 2 cores) or tiny.")] = BenchConfigName.cpu,
+    out: Annotated[Path, typer.Option(help="Folder for CONFIG-DEVICE.json, CONFIG-DEVICE.md and work files.")] = Path("bench"),
+    modes: Annotated[str, typer.Option(help="Step benchmark modes, comma-separated.")] = "precomputed,online,none",
+    batch: Annotated[int | None, typer.Option(min=1, help="Step benchmark batch (default: the config's).")] = None,
+    k: Annotated[str | None, typer.Option(help="Neighbours, comma-separated (default: the config's).")] = None,
+    suites: Annotated[str, typer.Option(help="Any of step, encode, fit, comma-separated.")] = "step,encode,fit",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    memory_limit_gb: Annotated[float | None, typer.Option(help="Cap each step process (e.g. 24 to act as a 24 GB card).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds a step case may take before it is recorded as a timeout.")] = 1800.0,
+    seed: Annotated[int, typer.Option(help="Seed of panel, encoder, masks and weights.")] = 1,
+) -> None:
+    """Measure peak memory and step time per retrieval mode, encode throughput and store size, data wait, and
+    the r2 cost of int8 and smaller memory dims. Writes JSON and a markdown table."""
+    import shlex
+    import sys
+
+    from ragtrain.bench import SUITES, BenchOptions, run_bench
+
+    with clean_errors():
+        chosen_modes, chosen_suites = _csv(modes), _csv(suites)
+        for name, given, allowed in (("mode", chosen_modes, tuple(m.value for m in RagMode)), ("suite", chosen_suites, SUITES)):
+            unknown = [x for x in given if x not in allowed]
+            if unknown or not given:
+                raise ValueError(f"--{name}s {','.join(given)!r}: unknown {name} {unknown}; choose from {', '.join(allowed)}")
+        if k and not all(x.isdigit() and int(x) > 0 for x in _csv(k)):
+            raise ValueError(f"--k {k!r}: write neighbour counts as positive integers, e.g. 1,8")
+        ks = tuple(int(x) for x in _csv(k)) if k else ()
+        options = BenchOptions(config=config.value, out=str(out), modes=chosen_modes, batch=batch, ks=ks,
+                               suites=chosen_suites, device=device, memory_limit_gb=memory_limit_gb,
+                               timeout_s=timeout, seed=seed,
+                               command=" ".join(["ragtrain", *map(shlex.quote, sys.argv[1:])]))
+        _, stem = run_bench(options)
+    console.print(f"wrote {stem}.json and {stem}.md")

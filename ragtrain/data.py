@@ -99,10 +99,10 @@ class BatchBuilder:
     """Builds batches for one store and query set; keeps the retrieval index of the last window visited."""
 
     def __init__(self, store: EmbeddingStore, panel_haps: np.ndarray, queries: QuerySet, mask: MaskSpec | None,
-                 seed: int, k: int, rag_mode: str, retrieval_backend: str = "auto") -> None:
+                 seed: int, k: int, rag_mode: str, retrieval_backend: str = "auto", flank: int = 0) -> None:
         self.store, self.panel_haps, self.queries = store, panel_haps, queries
         self.mask, self.seed, self.k, self.rag_mode = mask, seed, k, rag_mode
-        self.backend = retrieval_backend
+        self.backend, self.flank = retrieval_backend, flank
         self.starts = store.windows["window_start"]
         self.lengths = store.windows["window_length"]
         self.length = store.window_length
@@ -112,9 +112,17 @@ class BatchBuilder:
         start = int(self.starts[window])
         return slice(start, start + int(self.lengths[window]))
 
-    def masks(self, epoch: int, window: int, query_ids: np.ndarray) -> np.ndarray:
-        """bool [B, n]: True where the query's site is hidden (and scored); none hidden without a MaskSpec."""
+    def key_span(self, window: int) -> slice:
+        """The window plus `flank` sites each side (clipped): the sites masks are drawn over and whose observed
+        alleles make the retrieval key. Sparse targets (arrays) type a few sites a window; the flank lets
+        retrieval match on many more."""
         span = self.window_span(window)
+        return slice(max(0, span.start - self.flank), min(self.panel_haps.shape[1], span.stop + self.flank))
+
+    def masks(self, epoch: int, window: int, query_ids: np.ndarray) -> np.ndarray:
+        """bool [B, key span]: True where the query's site is hidden (scored inside the window); none hidden
+        without a MaskSpec."""
+        span = self.key_span(window)
         if self.mask is None:
             return np.zeros((len(query_ids), span.stop - span.start), dtype=bool)
         af = self.store.af[span]
@@ -128,10 +136,12 @@ class BatchBuilder:
         return np.stack(rows)
 
     def build(self, epoch: int, window: int, query_ids: np.ndarray) -> Batch:
-        span = self.window_span(window)
+        span, key_span = self.window_span(window), self.key_span(window)
+        key_hidden = self.masks(epoch, window, query_ids)
+        key_observed = apply_mask(self.queries.alleles[query_ids, key_span], key_hidden)
+        inside = slice(span.start - key_span.start, span.stop - key_span.start)
         truth = self.queries.alleles[query_ids, span]
-        hidden = self.masks(epoch, window, query_ids)
-        observed = apply_mask(truth, hidden)
+        hidden, observed = key_hidden[:, inside], key_observed[:, inside]
         tokens, af, valid = pad_window(observed, self.store.af[span], self.length)
         labels = np.full(tokens.shape, IGNORE, dtype=np.int64)
         n = truth.shape[1]
@@ -142,7 +152,7 @@ class BatchBuilder:
                       torch.from_numpy(valid).expand(b, -1).contiguous(), torch.from_numpy(labels))
         if self.rag_mode == "none":
             return batch
-        ids = self.retrieve(window, observed, query_ids)
+        ids = self.retrieve(window, key_observed, query_ids)
         neighbours = np.full((b, self.k, self.length), PAD, dtype=np.int64)
         neighbours[:, :, :n] = self.panel_haps[ids, span]
         batch.neighbour_tokens = torch.from_numpy(neighbours)
@@ -154,9 +164,9 @@ class BatchBuilder:
         return batch
 
     def retrieve(self, window: int, observed: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
-        """int64 [B, k] panel haplotype ids nearest each masked query over its observed sites."""
+        """int64 [B, k] panel haplotype ids nearest each masked query over its observed key-span sites."""
         if self._index is None or self._index[0] != window:
-            self._index = (window, WindowIndex(self.panel_haps[:, self.window_span(window)], backend=self.backend))
+            self._index = (window, WindowIndex(self.panel_haps[:, self.key_span(window)], backend=self.backend))
         ids, _ = self._index[1].search(observed, self.k, exclude=self.queries.exclude[query_ids])
         return ids
 

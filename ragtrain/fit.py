@@ -19,7 +19,6 @@ from ragprep.model import Bert, BertConfig, build_bert, fingerprint, load_bert_c
 from ragprep.progress import console, progress_bar
 from ragtrain.data import (
     IGNORE,
-    Batch,
     BatchBuilder,
     Prefetcher,
     QuerySet,
@@ -31,7 +30,7 @@ from ragtrain.data import (
 )
 from ragtrain.masking import VALIDATION_EPOCH, MaskSpec
 from ragtrain.metrics import MAF_BINS, bin_label, dosage_r2, minor_allele_dose, summarise
-from ragtrain.model import ModelConfig, RagImputer
+from ragtrain.model import ModelConfig, RagImputer, batch_logits
 from stores import EmbeddingStore, StoreError, open_store
 
 
@@ -42,6 +41,7 @@ class FitOptions:
     train_vcf: str | None = None
     rag_mode: str = "precomputed"
     k: int = 8
+    retrieval_flank: int = 2048
     fusion: str = "aligned"
     fusion_layers: tuple[int, ...] = ()
     neighbour_alleles: bool = True
@@ -124,7 +124,9 @@ def lr_lambda(warmup: int, total: int):
 
 
 def masked_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over scored (masked) sites: one softmax, inside the loss."""
+    """Cross-entropy over scored (masked) sites: one softmax, inside the loss. Zero (not NaN) with none."""
+    if not (labels != IGNORE).any():
+        return logits.float().sum() * 0.0
     return F.cross_entropy(logits.float().reshape(-1, 2), labels.reshape(-1), ignore_index=IGNORE)
 
 
@@ -136,7 +138,8 @@ class Trainer:
         self.device = resolve_device(options.device)
         self.store = open_store(options.store)
         bert = query_encoder(self.store, options.encoder)
-        self.config = ModelConfig(bert=bert.config, rag_mode=options.rag_mode, k=options.k, fusion=options.fusion,
+        self.config = ModelConfig(bert=bert.config, rag_mode=options.rag_mode, k=options.k,
+                                  retrieval_flank=options.retrieval_flank, fusion=options.fusion,
                                   fusion_layers=tuple(options.fusion_layers),
                                   neighbour_alleles=options.neighbour_alleles, adapter=options.adapter,
                                   checkpointing=options.checkpointing)
@@ -210,7 +213,7 @@ class Trainer:
     # --- training ---------------------------------------------------------------------------------------
     def builder(self, queries: QuerySet, mask: MaskSpec) -> BatchBuilder:
         return BatchBuilder(self.store, self.panel_haps, queries, mask, self.options.seed, self.options.k,
-                            self.options.rag_mode, self.options.retrieval)
+                            self.options.rag_mode, self.options.retrieval, self.options.retrieval_flank)
 
     def train_items(self):
         """(epoch, window, query ids) from the current position on, epoch after epoch."""
@@ -222,17 +225,13 @@ class Trainer:
                 yield epoch, window, ids
             epoch, skip = epoch + 1, 0
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            return self.model(batch.tokens, batch.af, batch.valid, batch.memory, batch.neighbour_tokens)
-
     def run(self) -> FitResult:
         o = self.options
         stop_at = self.total_steps if o.stop_after is None else min(self.total_steps, self.step + o.stop_after)
         prefetch = Prefetcher(self.builder(self.train_queries, self.mask), self.train_items(),
                               pin=self.device.type == "cuda")
         metrics: dict = {}
-        started, start_step = time.perf_counter(), self.step
+        started, start_step, eval_seconds = time.perf_counter(), self.step, 0.0
         losses: list[float] = []
         columns = TextColumn("loss {task.fields[loss]:.4f} | {task.fields[rate]:.2f} steps/s | wait {task.fields[wait]:.0%}")
         self.model.train()
@@ -244,7 +243,7 @@ class Trainer:
                 while self.step < stop_at:
                     for _ in range(o.accumulate):
                         batch = next(batches).to(self.device)
-                        loss = masked_loss(self.forward(batch), batch.labels)
+                        loss = masked_loss(batch_logits(self.model, batch), batch.labels)
                         (loss / o.accumulate).backward()
                         losses.append(float(loss.detach()))
                         self.batch_in_epoch += 1
@@ -255,18 +254,20 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scheduler.step()
                     self.step += 1
-                    elapsed = time.perf_counter() - started
+                    training = time.perf_counter() - started - eval_seconds  # validation excluded
                     bar.update(task, completed=self.step, loss=float(np.mean(losses[-20:])),
-                               rate=(self.step - start_step) / elapsed, wait=prefetch.wait_seconds / elapsed)
+                               rate=(self.step - start_step) / training, wait=prefetch.wait_seconds / training)
                     if self.step % o.eval_every == 0 or self.step == stop_at:
+                        eval_started = time.perf_counter()
                         metrics = self.evaluate_and_checkpoint(float(np.mean(losses[-o.eval_every:])),
-                                                               prefetch.wait_seconds / elapsed)
+                                                               prefetch.wait_seconds / training)
+                        eval_seconds += time.perf_counter() - eval_started
                         self.model.train()
         finally:
             prefetch.close()
-        elapsed = time.perf_counter() - started
-        return FitResult(self.step, self.best_r2, metrics, (self.step - start_step) / max(elapsed, 1e-9),
-                         prefetch.wait_seconds / max(elapsed, 1e-9))
+        training = max(time.perf_counter() - started - eval_seconds, 1e-9)
+        return FitResult(self.step, self.best_r2, metrics, (self.step - start_step) / training,
+                         prefetch.wait_seconds / training)
 
     def evaluate_and_checkpoint(self, train_loss: float, data_wait: float) -> dict:
         metrics = self.validate()
@@ -293,7 +294,7 @@ class Trainer:
                                                                          self.options.batch_size))
         for batch in Prefetcher(builder, items):
             batch = batch.to(self.device)
-            logits = self.forward(batch).float()
+            logits = batch_logits(self.model, batch).float()
             scored_mask = batch.labels != IGNORE
             losses.append(float(masked_loss(logits, batch.labels)) * int(scored_mask.sum()))
             correct += int(((logits.argmax(-1) == batch.labels) & scored_mask).sum())

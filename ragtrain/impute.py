@@ -13,7 +13,7 @@ import torch
 from ragprep.encode import resolve_device
 from ragprep.progress import console, progress_bar
 from ragtrain.data import BatchBuilder, Prefetcher, QuerySet, external_queries, validation_plan
-from ragtrain.model import ModelConfig, RagImputer
+from ragtrain.model import ModelConfig, RagImputer, batch_logits
 from ragtrain.targets import load_targets
 from ragtrain.vcf_writer import Sites, write_imputed_vcf
 from stores import EmbeddingStore, StoreError, open_store
@@ -53,7 +53,9 @@ def haplotype_probabilities(model: RagImputer, store: EmbeddingStore, queries: Q
     """P(ALT) float32 [sites, haplotypes]. Overlaps: the window whose core holds a site wins ("core"), or the
     probabilities of every window covering it are averaged ("average")."""
     panel_haps = store.haplotypes(0, int(store.positions.size))
-    builder = BatchBuilder(store, panel_haps, queries, None, 0, model.config.k, model.config.rag_mode, retrieval)
+    config = model.config
+    builder = BatchBuilder(store, panel_haps, queries, None, 0, config.k, config.rag_mode, retrieval,
+                           config.retrieval_flank)
     n_sites = panel_haps.shape[1]
     total = np.zeros((n_sites, len(queries)), dtype=np.float64)
     windows = store.windows
@@ -67,9 +69,7 @@ def haplotype_probabilities(model: RagImputer, store: EmbeddingStore, queries: Q
         task = bar.add_task("impute", total=len(plan))
         for batch in Prefetcher(builder, ((0, w, ids) for w, ids in plan), pin=device.type == "cuda"):
             batch = batch.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(batch.tokens, batch.af, batch.valid, batch.memory, batch.neighbour_tokens)
-            p_alt = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy().T  # [L, B]
+            p_alt = torch.softmax(batch_logits(model, batch).float(), dim=-1)[..., 1].cpu().numpy().T  # [L, B]
             start, length = int(windows["window_start"][batch.window]), int(windows["window_length"][batch.window])
             if stitch == "core":
                 lo, hi = int(windows["window_core_start"][batch.window]), int(windows["window_core_end"][batch.window])

@@ -32,6 +32,7 @@ class ModelConfig:
     bert: BertConfig = field(default_factory=BertConfig)
     rag_mode: RagMode = "precomputed"
     k: int = 8
+    retrieval_flank: int = 0  # sites each side of a window that also key retrieval (data side; kept for impute)
     fusion: Fusion = "aligned"
     fusion_layers: tuple[int, ...] = ()  # empty: after every layer
     neighbour_alleles: bool = True
@@ -149,3 +150,10 @@ class RagImputer(nn.Module):
         if self.config.checkpointing and self.training:
             return checkpoint(block, x, mask, use_reentrant=False)
         return block(x, mask)
+
+
+def batch_logits(model: RagImputer, batch) -> torch.Tensor:
+    """Logits of a `ragtrain.data.Batch` already on the model's device (bf16 autocast on CUDA)."""
+    device_type = batch.tokens.device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
+        return model(batch.tokens, batch.af, batch.valid, batch.memory, batch.neighbour_tokens)

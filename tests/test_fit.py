@@ -85,6 +85,32 @@ def test_query_never_retrieves_its_own_sample_and_ids_index_the_store(store_path
         assert np.array_equal(batch.neighbour_tokens.numpy()[:, :, :n], haps[neighbours, span])
 
 
+def test_retrieval_flank_finds_neighbours_that_match_the_hidden_sites(store_path):
+    """Array-like masks leave a few observed sites a window; a flank keys retrieval on the sites around it too,
+    so the neighbours agree more often with the query's hidden alleles. Masks inside the window are drawn over
+    the key span, so query tokens and retrieval key come from one mask."""
+    store = open_store(store_path)
+    haps = store.haplotypes(0, int(store.positions.size))
+    queries = panel_queries(haps, split_samples(haps.shape[0] // 2, 0.2, seed=1)[0])
+    ids = np.arange(len(queries))
+    agreement = {}
+    for flank in (0, 96):
+        builder = BatchBuilder(store, haps, queries, MaskSpec.parse("array:6:0.05"), seed=1, k=4,
+                               rag_mode="precomputed", flank=flank)
+        hits = total = 0
+        for window in range(store.n_windows):
+            batch, span = builder.build(0, window, ids), builder.window_span(window)
+            key = builder.key_span(window)
+            assert builder.masks(0, window, ids).shape == (len(ids), key.stop - key.start)
+            n = span.stop - span.start
+            hidden = batch.labels.numpy()[:, :n] >= 0
+            truth = queries.alleles[ids, span]
+            hits += int(((batch.neighbour_tokens.numpy()[:, :, :n] == truth[:, None]) & hidden[:, None]).sum())
+            total += int(hidden.sum()) * 4
+        agreement[flank] = hits / total
+    assert agreement[96] > agreement[0] + 0.01, agreement
+
+
 def test_store_with_other_encoder_is_refused(store_path, tmp_path):
     other = tmp_path / "other.pt"
     save_bert(build_bert(TINY, seed=99), other)
