@@ -34,6 +34,7 @@ from ragtrain.fit import FitOptions, Trainer
 from stores import open_store
 
 SUITES = ("step", "encode", "fit")
+FIT_MASK = "array:8:0.05"  # train and validate as a SNP array would type the queries
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,7 @@ def fit_suite(config: BenchConfig, options: BenchOptions, encoded: list[dict], w
         shutil.rmtree(run, ignore_errors=True)
         trainer = Trainer(FitOptions(store=variant["store"], out=str(run), max_steps=config.fit_steps,
                                      eval_every=config.fit_steps, batch_size=config.fit_batch, seed=options.seed,
+                                     mask=FIT_MASK, val_mask=FIT_MASK,
                                      device=options.device, warmup=max(1, config.fit_steps // 10)))
         result = trainer.run()
         runs[variant["name"]] = run
@@ -194,6 +196,7 @@ def fit_suite(config: BenchConfig, options: BenchOptions, encoded: list[dict], w
     shutil.copytree(runs[fp16["name"]], swapped)
     trainer = Trainer(FitOptions(store=int8["store"], out=str(swapped), max_steps=config.fit_steps,
                                  batch_size=config.fit_batch, seed=options.seed, device=options.device,
+                                 mask=FIT_MASK, val_mask=FIT_MASK,
                                  warmup=max(1, config.fit_steps // 10), resume=True))
     rows.append(fit_row(int8["name"], f"model trained on {fp16['name']}", trainer.validate(), None, None))
     return rows
