@@ -26,6 +26,7 @@ from ragprep.model import ALT, MASK, BertConfig
 from ragtrain.data import IGNORE, Batch
 from ragtrain.fit import masked_loss
 from ragtrain.model import ModelConfig, RagImputer, batch_logits
+from ragtrain.retrieval import MATCH_BUCKETS
 
 
 @dataclass
@@ -76,6 +77,7 @@ def synthetic_batch(case: StepCase, generator: torch.Generator) -> Batch:
                   labels=torch.where(hidden, alleles, IGNORE))
     if case.mode != "none":
         batch.neighbour_tokens = torch.randint(0, ALT + 1, (b, k, length), generator=generator)
+        batch.neighbour_match = torch.randint(0, MATCH_BUCKETS, (b, k, length), generator=generator)
     if case.mode == "precomputed":
         batch.memory = torch.randn(b, k, length, d_mem, generator=generator).to(torch.float16)
     return batch
@@ -108,7 +110,7 @@ def measure_step(case: StepCase) -> StepResult:
     result = StepResult(status="ok", device=describe_device(device), baseline_rss_mb=_rss_mb())
     torch.manual_seed(case.seed)
     generator = torch.Generator().manual_seed(case.seed)
-    config = ModelConfig(bert=case.bert, rag_mode=case.mode, k=case.k)
+    config = ModelConfig(bert=case.bert, rag_mode=case.mode, k=case.k, match_features=True)  # as `fit` trains
     try:
         model = RagImputer(config).to(device).train()
         result.parameters = sum(p.numel() for p in model.parameters())

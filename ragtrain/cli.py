@@ -44,6 +44,7 @@ def fit(
     rag_mode: Annotated[RagMode, typer.Option(help="precomputed (stored memory), online (research baseline), none.")] = RagMode.precomputed,
     k: Annotated[int, typer.Option(min=1, help="Neighbours retrieved a window.")] = 8,
     retrieval_flank: Annotated[int, typer.Option(min=0, help="Sites each side of a window whose observed alleles also key retrieval (arrays type ~1 % of sites).")] = 2048,
+    match_features: Annotated[bool, typer.Option(help="Tell the model how far each neighbour matches the query around each site.")] = True,
     fusion: Annotated[Fusion, typer.Option(help="aligned: each site attends to neighbours at that site; full: all sites.")] = Fusion.aligned,
     fusion_layers: Annotated[str | None, typer.Option(help="Comma-separated layers followed by fusion (default: all).")] = None,
     neighbour_alleles: Annotated[bool, typer.Option(help="Embed the neighbours' alleles beside their stored states.")] = True,
@@ -74,7 +75,7 @@ def fit(
         layers = tuple(int(x) for x in fusion_layers.split(",")) if fusion_layers else ()
         options = FitOptions(
             store=store, out=str(out), train_vcf=str(train) if train else None, rag_mode=rag_mode.value, k=k,
-            retrieval_flank=retrieval_flank,
+            retrieval_flank=retrieval_flank, match_features=match_features,
             fusion=fusion.value, fusion_layers=layers, neighbour_alleles=neighbour_alleles, adapter=adapter,
             mask=mask, val_mask=val_mask, val_fraction=val_fraction, seed=seed, epochs=epochs, max_steps=max_steps,
             stop_after=stop_after, batch_size=batch_size, accumulate=accumulate, lr=lr, warmup=warmup,

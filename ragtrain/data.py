@@ -20,7 +20,7 @@ import torch
 from ragprep.model import PAD
 from ragprep.windows import pad_window
 from ragtrain.masking import MaskSpec, apply_mask, mask_for
-from ragtrain.retrieval import WindowIndex
+from ragtrain.retrieval import WindowIndex, match_buckets
 from stores import EmbeddingStore
 
 IGNORE = -100  # label of sites that are not scored
@@ -75,6 +75,7 @@ class Batch:
     neighbour_tokens: torch.Tensor | None = None  # int64 [B, k, L]
     memory: torch.Tensor | None = None  # float16 or int8 [B, k, L, d_mem]
     memory_scales: torch.Tensor | None = None  # float16 [B, k, L] for int8 memory
+    neighbour_match: torch.Tensor | None = None  # int64 [B, k, L] match-length buckets (retrieval.match_buckets)
 
     def to(self, device: torch.device) -> Batch:
         """Move tensors to `device` and dequantise int8 memory there (4x less host-to-device traffic)."""
@@ -99,10 +100,11 @@ class BatchBuilder:
     """Builds batches for one store and query set; keeps the retrieval index of the last window visited."""
 
     def __init__(self, store: EmbeddingStore, panel_haps: np.ndarray, queries: QuerySet, mask: MaskSpec | None,
-                 seed: int, k: int, rag_mode: str, retrieval_backend: str = "auto", flank: int = 0) -> None:
+                 seed: int, k: int, rag_mode: str, retrieval_backend: str = "auto", flank: int = 0,
+                 match_features: bool = False) -> None:
         self.store, self.panel_haps, self.queries = store, panel_haps, queries
         self.mask, self.seed, self.k, self.rag_mode = mask, seed, k, rag_mode
-        self.backend, self.flank = retrieval_backend, flank
+        self.backend, self.flank, self.match_features = retrieval_backend, flank, match_features
         self.starts = store.windows["window_start"]
         self.lengths = store.windows["window_length"]
         self.length = store.window_length
@@ -156,6 +158,10 @@ class BatchBuilder:
         neighbours = np.full((b, self.k, self.length), PAD, dtype=np.int64)
         neighbours[:, :, :n] = self.panel_haps[ids, span]
         batch.neighbour_tokens = torch.from_numpy(neighbours)
+        if self.match_features:
+            match = np.zeros((b, self.k, self.length), dtype=np.int64)
+            match[:, :, :n] = match_buckets(key_observed, self.panel_haps[ids, key_span])[:, :, inside]
+            batch.neighbour_match = torch.from_numpy(match)
         if self.rag_mode == "precomputed":
             block = self.store.read_neighbours(window, ids.reshape(-1))
             batch.memory = torch.from_numpy(block.values.reshape(b, self.k, self.length, -1))

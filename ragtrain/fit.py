@@ -42,6 +42,7 @@ class FitOptions:
     rag_mode: str = "precomputed"
     k: int = 8
     retrieval_flank: int = 2048
+    match_features: bool = True
     fusion: str = "aligned"
     fusion_layers: tuple[int, ...] = ()
     neighbour_alleles: bool = True
@@ -139,7 +140,8 @@ class Trainer:
         self.store = open_store(options.store)
         bert = query_encoder(self.store, options.encoder)
         self.config = ModelConfig(bert=bert.config, rag_mode=options.rag_mode, k=options.k,
-                                  retrieval_flank=options.retrieval_flank, fusion=options.fusion,
+                                  retrieval_flank=options.retrieval_flank, match_features=options.match_features,
+                                  fusion=options.fusion,
                                   fusion_layers=tuple(options.fusion_layers),
                                   neighbour_alleles=options.neighbour_alleles, adapter=options.adapter,
                                   checkpointing=options.checkpointing)
@@ -213,7 +215,8 @@ class Trainer:
     # --- training ---------------------------------------------------------------------------------------
     def builder(self, queries: QuerySet, mask: MaskSpec) -> BatchBuilder:
         return BatchBuilder(self.store, self.panel_haps, queries, mask, self.options.seed, self.options.k,
-                            self.options.rag_mode, self.options.retrieval, self.options.retrieval_flank)
+                            self.options.rag_mode, self.options.retrieval, self.options.retrieval_flank,
+                            self.options.match_features)
 
     def train_items(self):
         """(epoch, window, query ids) from the current position on, epoch after epoch."""

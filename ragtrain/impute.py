@@ -55,7 +55,7 @@ def haplotype_probabilities(model: RagImputer, store: EmbeddingStore, queries: Q
     panel_haps = store.haplotypes(0, int(store.positions.size))
     config = model.config
     builder = BatchBuilder(store, panel_haps, queries, None, 0, config.k, config.rag_mode, retrieval,
-                           config.retrieval_flank)
+                           config.retrieval_flank, config.match_features)
     n_sites = panel_haps.shape[1]
     total = np.zeros((n_sites, len(queries)), dtype=np.float64)
     windows = store.windows

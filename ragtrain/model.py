@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ragprep.model import VOCAB, Attention, Bert, BertConfig, attention_mask
+from ragtrain.retrieval import MATCH_BUCKETS
 
 RagMode = Literal["precomputed", "online", "none"]
 Fusion = Literal["aligned", "full"]
@@ -33,6 +34,7 @@ class ModelConfig:
     rag_mode: RagMode = "precomputed"
     k: int = 8
     retrieval_flank: int = 0  # sites each side of a window that also key retrieval (data side; kept for impute)
+    match_features: bool = False  # embed how far each neighbour matches the query around each site
     fusion: Fusion = "aligned"
     fusion_layers: tuple[int, ...] = ()  # empty: after every layer
     neighbour_alleles: bool = True
@@ -66,14 +68,18 @@ class NeighbourMemory(nn.Module):
         super().__init__()
         d = config.bert.d_memory
         self.alleles = nn.Embedding(VOCAB, d) if config.neighbour_alleles else None
+        self.match = nn.Embedding(MATCH_BUCKETS, d) if config.match_features else None
         self.adapter = (nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
                         if config.adapter else None)
         self.norm = nn.LayerNorm(d)
 
-    def forward(self, memory: torch.Tensor, neighbour_tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, memory: torch.Tensor, neighbour_tokens: torch.Tensor,
+                neighbour_match: torch.Tensor | None = None) -> torch.Tensor:
         m = memory.to(self.norm.weight.dtype)
         if self.alleles is not None:
             m = m + self.alleles(neighbour_tokens)
+        if self.match is not None:
+            m = m + self.match(neighbour_match)
         if self.adapter is not None:
             m = m + self.adapter(m)
         return self.norm(m)
@@ -120,13 +126,14 @@ class RagImputer(nn.Module):
         self.head = nn.Linear(config.bert.d_model, 2)
 
     def forward(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None = None,
-                memory: torch.Tensor | None = None, neighbour_tokens: torch.Tensor | None = None) -> torch.Tensor:
+                memory: torch.Tensor | None = None, neighbour_tokens: torch.Tensor | None = None,
+                neighbour_match: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, L]; af [B, L]; valid [B, L]; memory [B, k, L, d_mem] (precomputed) or None (online: built
-        here from neighbour_tokens [B, k, L] through the trainable BERT)."""
+        here from neighbour_tokens [B, k, L] through the trainable BERT); neighbour_match [B, k, L] buckets."""
         if self.config.rag_mode == "online":
             memory = self.online_memory(neighbour_tokens, af, valid)
         if self.memory is not None:
-            memory = self.memory(memory, neighbour_tokens)
+            memory = self.memory(memory, neighbour_tokens, neighbour_match)
         x = self.bert.embed(tokens, af)
         mask = attention_mask(valid)
         for i, block in enumerate(self.bert.blocks):
@@ -156,4 +163,5 @@ def batch_logits(model: RagImputer, batch) -> torch.Tensor:
     """Logits of a `ragtrain.data.Batch` already on the model's device (bf16 autocast on CUDA)."""
     device_type = batch.tokens.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
-        return model(batch.tokens, batch.af, batch.valid, batch.memory, batch.neighbour_tokens)
+        return model(batch.tokens, batch.af, batch.valid, batch.memory, batch.neighbour_tokens,
+                     batch.neighbour_match)

@@ -190,3 +190,29 @@ def retrieve(ref_alleles: np.ndarray, queries: np.ndarray, k: int, exclude: np.n
              backend: Backend = "auto", device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Build a `WindowIndex` over `ref_alleles` [H, n] and search `queries` [Q, n]: (ids [Q, k], scores [Q, k])."""
     return WindowIndex(ref_alleles, backend=backend, device=device).search(queries, k, exclude)
+
+
+MATCH_BUCKETS = 16
+"""Match lengths are bucketed as floor(log2(1 + n)), capped: n = 0, 1, 2-3, 4-7, ..., >= 2**14."""
+
+
+def match_buckets(observed: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """int64 [B, k, S]: at each site, how far the neighbour matches the query around it, bucketed.
+
+    observed: int8 [B, S] query alleles (-1 where hidden or missing); neighbours: [B, k, S] their alleles.
+    At site s, n = the query's observed sites strictly between the nearest mismatch at or left of s and the
+    nearest at or right of s (0 where they disagree at s; the span's edges bound it). A long shared segment
+    around a site (identity by descent) is what makes a neighbour worth copying there; the memory alone does
+    not say how well a neighbour matched the query outside the window.
+    """
+    b, k, s = neighbours.shape
+    seen = observed >= 0
+    mismatch = seen[:, None, :] & (neighbours >= 0) & (neighbours != observed[:, None, :])
+    index = np.arange(s)
+    left = np.maximum.accumulate(np.where(mismatch, index, -1), axis=-1)  # last mismatch <= s, or -1
+    right = np.minimum.accumulate(np.where(mismatch, index, s)[..., ::-1], axis=-1)[..., ::-1]  # first >= s, or S
+    seen_before = np.zeros((b, s + 1), dtype=np.int64)
+    np.cumsum(seen, axis=-1, out=seen_before[:, 1:])  # observed sites in [0, i)
+    count = (np.take_along_axis(np.broadcast_to(seen_before[:, None], (b, k, s + 1)), right, axis=-1)
+             - np.take_along_axis(np.broadcast_to(seen_before[:, None], (b, k, s + 1)), left + 1, axis=-1))
+    return np.minimum(np.floor(np.log2(1 + np.maximum(count, 0))), MATCH_BUCKETS - 1).astype(np.int64)

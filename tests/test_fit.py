@@ -15,7 +15,8 @@ from ragprep.model import build_bert, save_bert
 from ragtrain.cli import app
 from ragtrain.data import BatchBuilder, panel_queries, split_samples
 from ragtrain.fit import FitOptions, Trainer, fit
-from ragtrain.masking import MaskSpec
+from ragtrain.masking import MaskSpec, apply_mask
+from ragtrain.retrieval import match_buckets
 from stores import StoreError, open_store
 from tests.conftest import TINY, tiny_options
 
@@ -109,6 +110,22 @@ def test_retrieval_flank_finds_neighbours_that_match_the_hidden_sites(store_path
             total += int(hidden.sum()) * 4
         agreement[flank] = hits / total
     assert agreement[96] > agreement[0] + 0.01, agreement
+
+
+def test_match_features_describe_the_retrieved_neighbours(store_path):
+    store = open_store(store_path)
+    haps = store.haplotypes(0, int(store.positions.size))
+    queries = panel_queries(haps, split_samples(haps.shape[0] // 2, 0.2, seed=1)[0])
+    builder = BatchBuilder(store, haps, queries, MaskSpec.parse("array:6:0.05"), seed=1, k=4,
+                           rag_mode="precomputed", flank=40, match_features=True)
+    ids, window = np.arange(8), 1
+    batch = builder.build(0, window, ids)
+    span, key = builder.window_span(window), builder.key_span(window)
+    observed = apply_mask(queries.alleles[ids, key], builder.masks(0, window, ids))
+    neighbours = builder.retrieve(window, observed, ids)
+    expected = match_buckets(observed, haps[neighbours, key])[:, :, span.start - key.start:span.stop - key.start]
+    assert np.array_equal(batch.neighbour_match.numpy()[:, :, :span.stop - span.start], expected)
+    assert batch.neighbour_match.shape == batch.neighbour_tokens.shape
 
 
 def test_store_with_other_encoder_is_refused(store_path, tmp_path):

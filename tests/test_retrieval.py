@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ragtrain.retrieval import WindowIndex, encode_pm1, own_haplotypes, retrieve
+from ragtrain.retrieval import MATCH_BUCKETS, WindowIndex, encode_pm1, match_buckets, own_haplotypes, retrieve
 
 pytest.importorskip("faiss")  # installed by `pip install .[cpu]`: these tests exercise the real thing
 
@@ -133,3 +133,20 @@ def test_bad_arguments():
         retrieve(ref, ref[:1], 1, exclude=np.array([[6]]))
     ids, scores = retrieve(ref, np.zeros((0, 5), dtype=np.int8), 3)
     assert ids.shape == scores.shape == (0, 3)
+
+
+def test_match_buckets_count_observed_sites_between_mismatches():
+    observed = np.array([[0, -1, 1, 1, -1, 0, 1, 0]], dtype=np.int8)
+    neighbours = np.array([[[0, 1, 1, 0, 0, 0, 1, 0],    # disagrees at site 3 (observed 1, neighbour 0)
+                            [0, 0, 1, 1, 1, 0, 1, 0],    # agrees at every observed site (6 of them)
+                            [1, 0, 1, 1, 0, 0, 1, 1]]], dtype=np.int8)  # disagrees at sites 0 and 7
+    # n per site: neighbour 0 -> sites 0-2 see {0, 2} (2), site 3 is a mismatch (0), sites 4-7 see {5, 6, 7} (3);
+    # neighbour 1 -> 6 everywhere; neighbour 2 -> 0 at 0 and 7, {2, 3, 5, 6} (4) between; bucket floor(log2(1 + n))
+    expected = np.floor(np.log2(1 + np.array([[[2, 2, 2, 0, 3, 3, 3, 3], [6] * 8, [0, 4, 4, 4, 4, 4, 4, 0]]])))
+    assert np.array_equal(match_buckets(observed, neighbours), expected.astype(np.int64))
+
+
+def test_match_buckets_are_capped():
+    observed = np.zeros((1, 2**15), dtype=np.int8)
+    buckets = match_buckets(observed, np.zeros((1, 1, 2**15), dtype=np.int8))
+    assert buckets.max() == MATCH_BUCKETS - 1 and buckets.min() == MATCH_BUCKETS - 1
