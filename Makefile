@@ -49,8 +49,9 @@ COMPARE ?= compare
 compare: install
 	rm -rf $(COMPARE) && mkdir -p $(COMPARE)
 	$(BIN)/ragprep simulate --out $(COMPARE)/panel.vcf.gz --samples 1000 --holdout 100 --length 1e6 --seed $(SEED)
-	$(BIN)/ragprep encode $(COMPARE)/panel.vcf.gz --out $(COMPARE)/store.zarr --seed $(SEED)
-	$(BIN)/ragtrain fit --store $(COMPARE)/store.zarr --out $(COMPARE)/run --max-steps 400 --eval-every 200 \
+	/usr/bin/time -f "ragsnv encode wall %e s" $(BIN)/ragprep encode $(COMPARE)/panel.vcf.gz \
+		--out $(COMPARE)/store.zarr --seed $(SEED)
+	/usr/bin/time -f "ragsnv fit wall %e s" $(BIN)/ragtrain fit --store $(COMPARE)/store.zarr --out $(COMPARE)/run --max-steps 400 --eval-every 200 \
 		--mask array:10:0.05 --seed $(SEED)
 	/usr/bin/time -f "ragsnv impute wall %e s" $(BIN)/ragtrain impute $(COMPARE)/panel.target.vcf.gz \
 		--store $(COMPARE)/store.zarr --model $(COMPARE)/run/best.pt --out $(COMPARE)/ragsnv.vcf.gz
