@@ -40,7 +40,7 @@ def accuracy_deltas(fit: list[dict], bins: list[str]) -> list[str]:
     reference = fit[0]
     lines = [f"r2 minus `{reference['store']}` ({reference['training']}):", ""]
     for row in fit[1:]:
-        deltas = ", ".join(f"{b.removeprefix('r2 ')} {row[b] - reference[b]:+.4f}" for b in bins
+        deltas = ", ".join(f"{b.removeprefix('r2 ')} {row[b] - reference[b]:+.5f}" for b in bins
                            if _known(row.get(b)) and _known(reference.get(b)))
         lines.append(f"- `{row['store']}` ({row['training']}): {deltas or 'no bins with sites'}")
     return lines

@@ -102,7 +102,7 @@ def impute(
     model: Annotated[Path, typer.Option(help="Checkpoint of `ragtrain fit` (best.pt or last.pt).")],
     out: Annotated[Path, typer.Option(help="Imputed VCF to write (.vcf.gz, bgzipped, tabix-indexed).")],
     batch_size: Annotated[int, typer.Option(min=1, help="Target haplotypes a batch.")] = 64,
-    stitch: Annotated[Stitch, typer.Option(help="Overlaps: core (the window whose centre holds the site wins) or average.")] = Stitch.core,
+    stitch: Annotated[Stitch, typer.Option(help="Overlaps: average the windows covering a site (measured a little better), or core (the window whose centre holds it wins).")] = Stitch.average,
     region: Annotated[str | None, typer.Option(help="CONTIG or CONTIG:START-END of the target to read.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     retrieval: Annotated[Retrieval, typer.Option(help="Exact top-k backend: FAISS, or torch.")] = Retrieval.auto,

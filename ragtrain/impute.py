@@ -49,7 +49,7 @@ def load_model(path: str | Path, store: EmbeddingStore, device: torch.device) ->
 
 @torch.no_grad()
 def haplotype_probabilities(model: RagImputer, store: EmbeddingStore, queries: QuerySet, device: torch.device,
-                            batch_size: int = 64, stitch: Stitch = "core", retrieval: str = "auto") -> np.ndarray:
+                            batch_size: int = 64, stitch: Stitch = "average", retrieval: str = "auto") -> np.ndarray:
     """P(ALT) float32 [sites, haplotypes]. Overlaps: the window whose core holds a site wins ("core"), or the
     probabilities of every window covering it are averaged ("average")."""
     panel_haps = store.haplotypes(0, int(store.positions.size))
@@ -81,7 +81,7 @@ def haplotype_probabilities(model: RagImputer, store: EmbeddingStore, queries: Q
 
 
 def impute(target_vcf: str, store_url: str, model_path: str, out: str, device: str = "auto", batch_size: int = 64,
-           stitch: Stitch = "core", region: str | None = None, retrieval: str = "auto") -> ImputeReport:
+           stitch: Stitch = "average", region: str | None = None, retrieval: str = "auto") -> ImputeReport:
     started = time.perf_counter()
     torch_device = resolve_device(device)
     store = open_store(store_url)

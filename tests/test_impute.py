@@ -88,12 +88,13 @@ def test_cli_impute_refuses_checkpoint_of_another_store(split, panel_vcf, store_
     assert not (tmp_path / "x.vcf.gz").exists()
 
 
-def test_average_stitching_runs_and_differs_only_in_overlaps(split, tmp_path):
-    out = tmp_path / "avg.vcf.gz"
-    impute(str(split["target"]), split["store"], str(split["root"] / "run" / "best.pt"), str(out), device="cpu",
-           stitch="average")
-    core = read_imputed(str(split["imputed"]), all_sites=True).dosage
-    average = read_imputed(str(out), all_sites=True).dosage
+def test_average_and_core_stitching_differ_only_in_overlaps(split, tmp_path):
+    paths = {stitch: tmp_path / f"{stitch}.vcf.gz" for stitch in ("core", "average")}
+    for stitch, out in paths.items():
+        impute(str(split["target"]), split["store"], str(split["root"] / "run" / "best.pt"), str(out),
+               device="cpu", stitch=stitch)
+    core = read_imputed(str(paths["core"]), all_sites=True).dosage
+    average = read_imputed(str(paths["average"]), all_sites=True).dosage
     assert core.shape == average.shape
     store = open_store(split["store"])
     first_overlap = int(store.windows["window_start"][1])
