@@ -5,8 +5,9 @@ rag_mode:
   online       neighbours run through the same trainable BERT with gradients (the research design; baseline)
   none         no retrieval (baseline)
 
-Fusion (after the chosen layers): query states cross-attend to the k neighbours' memory (keys and values projected from the
-memory dim, plus a cheap trainable embedding of the neighbours' own alleles and an optional light adapter.
+Fusion (after the chosen layers): query states cross-attend to the k neighbours' memory (keys and values projected
+from the memory dim), plus cheap trainable embeddings of the neighbours' own alleles and of how far each matches the query
+around each site (`retrieval.match_buckets`), and an optional light adapter.
   aligned  each site attends to the k neighbours at the same site: O(L k)
   full     each site attends to every site of every neighbour: O(L^2 k)
 """
@@ -33,7 +34,9 @@ class ModelConfig:
     bert: BertConfig = field(default_factory=BertConfig)
     rag_mode: RagMode = "precomputed"
     k: int = 8
-    retrieval_flank: int = 0  # sites each side of a window that also key retrieval (data side; kept for impute)
+    # data-side settings kept here so that impute retrieves as fit did; off by default so that checkpoints
+    # written before they existed load as they were trained (`ragtrain fit` turns both on)
+    retrieval_flank: int = 0  # sites each side of a window whose observed alleles also key retrieval
     match_features: bool = False  # embed how far each neighbour matches the query around each site
     fusion: Fusion = "aligned"
     fusion_layers: tuple[int, ...] = ()  # empty: after every layer
