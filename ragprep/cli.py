@@ -105,8 +105,8 @@ def encode(
     from stores import open_store
 
     with clean_errors():
-        overrides = {k: v for k, v in dict(window=window, d_model=d_model, n_layers=layers, n_heads=heads,
-                                           d_memory=d_memory).items() if v is not None}
+        given = {"window": window, "d_model": d_model, "n_layers": layers, "n_heads": heads, "d_memory": d_memory}
+        overrides = {k: v for k, v in given.items() if v is not None}
         config = PRESETS[preset.value]
         if "d_model" in overrides and "d_memory" not in overrides:
             overrides["d_memory"] = min(config.d_memory, overrides["d_model"])

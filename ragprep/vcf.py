@@ -88,7 +88,7 @@ def open_vcf(path: str) -> VCF:
     """Open a VCF/BCF, turning cyvcf2's failure into a one-line InputError."""
     try:
         return VCF(str(path), lazy=True, threads=1)
-    except Exception as err:  # cyvcf2 raises OSError, sometimes plain Exception
+    except Exception as err:  # noqa: BLE001 - cyvcf2 raises OSError, sometimes plain Exception
         raise InputError(
             path, f"not a readable VCF/BCF ({str(err).splitlines()[0][:120]})",
             "check the path and that it is a VCF, bgzipped VCF or BCF",
@@ -129,7 +129,7 @@ def read_panel(
                 rec = next(records)
             except StopIteration:
                 break
-            except Exception:  # htslib read error mid-file: truncated or corrupt
+            except Exception:  # noqa: BLE001 - htslib read error mid-file: truncated or corrupt
                 raise InputError(
                     path, f"the file breaks after record {last} (truncated or corrupt bgzip?)",
                     "re-create it (bgzip / bcftools view -Oz) and check it with `bcftools view`",
@@ -198,7 +198,7 @@ def read_panel(
 def _has_lengths(vcf: VCF) -> bool:
     try:
         return bool(vcf.seqlens)
-    except Exception:  # no ##contig lengths in the header
+    except Exception:  # noqa: BLE001 - no ##contig lengths in the header
         return False
 
 
@@ -213,7 +213,7 @@ def _records(vcf: VCF, path: str, region: str | None, wanted: tuple[str, int, in
             first = next(query)  # cyvcf2 reads the index lazily: a missing one fails here
     except StopIteration:
         return iter(())
-    except Exception:  # no index (or a broken one): scan the whole file and filter
+    except Exception:  # noqa: BLE001 - no index (or a broken one): scan the whole file and filter
         return iter(vcf)
     return itertools.chain([first], query)
 

@@ -59,7 +59,7 @@ def external_queries(alleles: np.ndarray, sample_ids: np.ndarray, panel_ids: np.
 def split_samples(n_samples: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) sample indices, split by sample (never by haplotype), seeded, each sorted."""
     order = np.random.default_rng([seed, 0x5B17]).permutation(n_samples)
-    n_val = int(round(val_fraction * n_samples)) if val_fraction > 0 else 0
+    n_val = round(val_fraction * n_samples) if val_fraction > 0 else 0
     n_val = min(max(n_val, 1 if val_fraction > 0 else 0), n_samples - 1)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
@@ -212,7 +212,7 @@ class Prefetcher:
                     return
                 batch = self.builder.build(epoch, window, ids)
                 self.queue.put(batch.pin() if self.pin else batch)
-        except BaseException as err:  # surface worker errors in the consumer
+        except BaseException as err:  # noqa: BLE001 - surface worker errors in the consumer
             self.queue.put(err)
             return
         self.queue.put(None)

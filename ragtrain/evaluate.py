@@ -77,7 +77,7 @@ def _records(vcf: VCF, path: str) -> Iterator[Variant]:
             rec = next(records)
         except StopIteration:
             return
-        except Exception:  # htslib read error: truncated or corrupt
+        except Exception:  # noqa: BLE001 - htslib read error: truncated or corrupt
             raise InputError(path, f"the file breaks after record {last} (truncated or corrupt bgzip?)",
                              "re-create it (bgzip / bcftools view -Oz) and check it with `bcftools view`") from None
         last = f"{rec.CHROM}:{rec.POS}"

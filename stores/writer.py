@@ -74,7 +74,7 @@ def _populate(group: zarr.Group, meta: schema.StoreMeta, arrays: dict[str, np.nd
     length, d, h, block = meta.window["length"], meta.d_memory, meta.n_haplotypes, meta.hap_block
     compressors = ZstdCodec(level=3) if meta.compressor == "zstd" else None
     block_shards = -(-h // block) * block
-    common = dict(compressors=compressors, fill_value=0, config={"write_empty_chunks": True})
+    common = {"compressors": compressors, "fill_value": 0, "config": {"write_empty_chunks": True}}
     group.create_array(
         schema.EMBEDDINGS, shape=(n_windows, h, length, d), dtype=meta.memory_dtype,
         chunks=(1, block, length, d), shards=(1, block_shards, length, d) if meta.sharded else None, **common,

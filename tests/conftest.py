@@ -25,7 +25,7 @@ TINY_CLI = ["--window", "32", "--stride", "24", "--d-model", "16", "--layers", "
 
 def tiny_options(**overrides) -> EncodeOptions:
     """Encode options small enough for a test: 16 dims, 1 layer, windows of 32 sites with stride 24."""
-    base = dict(config=TINY, stride=24, seed=3, device="cpu", batch_size=32, hap_block=16)
+    base = {"config": TINY, "stride": 24, "seed": 3, "device": "cpu", "batch_size": 32, "hap_block": 16}
     return EncodeOptions(**{**base, **overrides})
 
 

@@ -111,7 +111,7 @@ def windows_done(out: Path) -> np.ndarray | None:
     """The store's window_done array, or None while there is no readable store yet."""
     try:
         return open_store(str(out), require_complete=False).windows_done()
-    except Exception:  # not created yet, or a chunk caught mid-write
+    except Exception:  # noqa: BLE001 - not created yet, or a chunk caught mid-write
         return None
 
 

@@ -22,8 +22,9 @@ from tests.conftest import TINY, tiny_options
 
 
 def options(store: str, out, **overrides) -> FitOptions:
-    base = dict(store=store, out=str(out), device="cpu", batch_size=16, max_steps=40, eval_every=20, warmup=5,
-                lr=3e-3, k=4, seed=5, mask="random:0.3-0.8", val_mask="array:4:0.05", val_fraction=0.2)
+    base = {"store": store, "out": str(out), "device": "cpu", "batch_size": 16, "max_steps": 40, "eval_every": 20,
+            "warmup": 5, "lr": 3e-3, "k": 4, "seed": 5, "mask": "random:0.3-0.8", "val_mask": "array:4:0.05",
+            "val_fraction": 0.2}
     return FitOptions(**{**base, **overrides})
 
 
@@ -32,7 +33,7 @@ def test_retrieval_beats_no_retrieval(store_path, tmp_path):
 
     Half the sites observed, so that Hamming retrieval over a 32-site window has sites to match on
     (seen: 0.84 vs 0.72)."""
-    dense = dict(max_steps=120, eval_every=120, val_mask="random:0.5-0.5")
+    dense = {"max_steps": 120, "eval_every": 120, "val_mask": "random:0.5-0.5"}
     with_memory = fit(options(store_path, tmp_path / "rag", **dense))
     without = fit(options(store_path, tmp_path / "none", rag_mode="none", **dense))
     assert with_memory.last_metrics["r2_all"] > without.last_metrics["r2_all"] + 0.08
