@@ -176,28 +176,27 @@ def encode_suite(config: BenchConfig, options: BenchOptions, work: Path) -> list
     return rows
 
 
+def fit_options(config: BenchConfig, options: BenchOptions, store: str, out: Path, resume: bool = False) -> FitOptions:
+    return FitOptions(store=store, out=str(out), max_steps=config.fit_steps, eval_every=config.fit_steps,
+                      batch_size=config.fit_batch, seed=options.seed, mask=FIT_MASK, val_mask=FIT_MASK,
+                      device=options.device, warmup=max(1, config.fit_steps // 10), resume=resume)
+
+
 def fit_suite(config: BenchConfig, options: BenchOptions, encoded: list[dict], work: Path) -> list[dict]:
     """One training budget per store; then the fp16-trained model validated on int8 memory (quantisation only)."""
     rows, runs = [], {}
     for variant in encoded:
         run = work / f"fit-{variant['name']}"
         shutil.rmtree(run, ignore_errors=True)
-        trainer = Trainer(FitOptions(store=variant["store"], out=str(run), max_steps=config.fit_steps,
-                                     eval_every=config.fit_steps, batch_size=config.fit_batch, seed=options.seed,
-                                     mask=FIT_MASK, val_mask=FIT_MASK,
-                                     device=options.device, warmup=max(1, config.fit_steps // 10)))
-        result = trainer.run()
+        result = Trainer(fit_options(config, options, variant["store"], run)).run()
         runs[variant["name"]] = run
         rows.append(fit_row(variant["name"], "trained on it", result.last_metrics, result.steps_per_s,
                             result.data_wait))
-    fp16, int8 = (v for v in encoded[:2])
+    fp16, int8 = encoded[:2]
     swapped = work / "fit-int8-inference"
     shutil.rmtree(swapped, ignore_errors=True)
     shutil.copytree(runs[fp16["name"]], swapped)
-    trainer = Trainer(FitOptions(store=int8["store"], out=str(swapped), max_steps=config.fit_steps,
-                                 batch_size=config.fit_batch, seed=options.seed, device=options.device,
-                                 mask=FIT_MASK, val_mask=FIT_MASK,
-                                 warmup=max(1, config.fit_steps // 10), resume=True))
+    trainer = Trainer(fit_options(config, options, int8["store"], swapped, resume=True))
     rows.append(fit_row(int8["name"], f"model trained on {fp16['name']}", trainer.validate(), None, None))
     return rows
 
