@@ -139,11 +139,10 @@ class BatchBuilder:
 
     def build(self, epoch: int, window: int, query_ids: np.ndarray) -> Batch:
         span, key_span = self.window_span(window), self.key_span(window)
-        key_hidden = self.masks(epoch, window, query_ids)
-        key_observed = apply_mask(self.queries.alleles[query_ids, key_span], key_hidden)
+        key_truth, key_hidden = self.queries.alleles[query_ids, key_span], self.masks(epoch, window, query_ids)
+        key_observed = apply_mask(key_truth, key_hidden)
         inside = slice(span.start - key_span.start, span.stop - key_span.start)
-        truth = self.queries.alleles[query_ids, span]
-        hidden, observed = key_hidden[:, inside], key_observed[:, inside]
+        truth, hidden, observed = key_truth[:, inside], key_hidden[:, inside], key_observed[:, inside]
         tokens, af, valid = pad_window(observed, self.store.af[span], self.length)
         labels = np.full(tokens.shape, IGNORE, dtype=np.int64)
         n = truth.shape[1]
@@ -160,7 +159,7 @@ class BatchBuilder:
         batch.neighbour_tokens = torch.from_numpy(neighbours)
         if self.match_features:
             match = np.zeros((b, self.k, self.length), dtype=np.int64)
-            match[:, :, :n] = match_buckets(key_observed, self.panel_haps[ids, key_span])[:, :, inside]
+            match[:, :, :n] = match_buckets(key_observed, self.panel_haps[ids, key_span], within=inside)
             batch.neighbour_match = torch.from_numpy(match)
         if self.rag_mode == "precomputed":
             block = self.store.read_neighbours(window, ids.reshape(-1))

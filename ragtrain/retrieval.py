@@ -196,10 +196,11 @@ MATCH_BUCKETS = 16
 """Match lengths are bucketed as floor(log2(1 + n)), capped: n = 0, 1, 2-3, 4-7, ..., >= 2**14."""
 
 
-def match_buckets(observed: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-    """int64 [B, k, S]: at each site, how far the neighbour matches the query around it, bucketed.
+def match_buckets(observed: np.ndarray, neighbours: np.ndarray, within: slice = slice(None)) -> np.ndarray:
+    """int64 [B, k, sites in `within`]: at each site, how far the neighbour matches the query around it, bucketed.
 
-    observed: int8 [B, S] query alleles (-1 where hidden or missing); neighbours: [B, k, S] their alleles.
+    observed: int8 [B, S] query alleles (-1 where hidden or missing); neighbours: [B, k, S] their alleles;
+    within: the sites to report (the whole span is still searched for mismatches).
     At site s, n = the query's observed sites strictly between the nearest mismatch at or left of s and the
     nearest at or right of s (0 where they disagree at s; the span's edges bound it). A long shared segment
     around a site (identity by descent) is what makes a neighbour worth copying there; the memory alone does
@@ -213,6 +214,7 @@ def match_buckets(observed: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
     right = np.minimum.accumulate(np.where(mismatch, index, s)[..., ::-1], axis=-1)[..., ::-1]  # first >= s, or S
     seen_before = np.zeros((b, s + 1), dtype=np.int64)
     np.cumsum(seen, axis=-1, out=seen_before[:, 1:])  # observed sites in [0, i)
-    count = (np.take_along_axis(np.broadcast_to(seen_before[:, None], (b, k, s + 1)), right, axis=-1)
-             - np.take_along_axis(np.broadcast_to(seen_before[:, None], (b, k, s + 1)), left + 1, axis=-1))
+    seen_before = np.broadcast_to(seen_before[:, None], (b, k, s + 1))
+    count = (np.take_along_axis(seen_before, right[..., within], axis=-1)
+             - np.take_along_axis(seen_before, left[..., within] + 1, axis=-1))
     return np.minimum(np.floor(np.log2(1 + np.maximum(count, 0))), MATCH_BUCKETS - 1).astype(np.int64)

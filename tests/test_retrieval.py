@@ -150,3 +150,12 @@ def test_match_buckets_are_capped():
     observed = np.zeros((1, 2**15), dtype=np.int8)
     buckets = match_buckets(observed, np.zeros((1, 1, 2**15), dtype=np.int8))
     assert buckets.max() == MATCH_BUCKETS - 1 and buckets.min() == MATCH_BUCKETS - 1
+
+
+def test_match_buckets_within_equals_the_slice_of_the_whole_span():
+    rng = np.random.default_rng(3)
+    observed = np.where(rng.random((4, 300)) < 0.1, rng.integers(0, 2, (4, 300)), -1).astype(np.int8)
+    neighbours = rng.integers(0, 2, (4, 3, 300)).astype(np.int8)
+    inside = slice(120, 180)
+    assert np.array_equal(match_buckets(observed, neighbours, within=inside),
+                          match_buckets(observed, neighbours)[:, :, inside])
