@@ -123,14 +123,8 @@ def encode(
         f"encoded {report.windows_encoded} windows on {report.device} in {report.seconds:.1f} s "
         f"({report.haplotype_sites_per_s:,.0f} haplotype-sites/s; encoder {report.encoder_seconds:.1f} s, "
         f"writes {report.write_seconds:.1f} s); store {state}: {report.windows_done}/{report.windows_total} windows, "
-        f"{_bytes_per_site(store):.1f} bytes per haplotype-site", soft_wrap=True,
+        f"{store.bytes_per_haplotype_site():.1f} bytes per haplotype-site", soft_wrap=True,
     )
-
-
-def _bytes_per_site(store) -> float:
-    done = store.windows_done()
-    sites = int(store.windows["window_length"][done].sum()) * store.n_haplotypes
-    return store.bytes_on_disk() / max(sites, 1)
 
 
 @app.command(epilog="Example: ragprep inspect store.zarr --json")
@@ -143,35 +137,7 @@ def inspect(
 
     with clean_errors():
         store = open_store(store_url, require_complete=False)
-    meta = store.meta
-    done = store.windows_done()
-    info = {
-        "store": store_url,
-        "format_version": meta.format_version,
-        "complete": bool(done.all()),
-        "contig": store.contig,
-        "samples": int(store.sample_ids.size),
-        "haplotypes": store.n_haplotypes,
-        "sites": int(store.positions.size),
-        "windows_done": int(done.sum()),
-        "windows_total": int(done.size),
-        "window_length": meta.window["length"],
-        "window_stride": meta.window["stride"],
-        "encoder_fingerprint": meta.encoder_fingerprint,
-        "encoder_source": meta.encoder_source,
-        "d_model": meta.d_model,
-        "d_memory": meta.d_memory,
-        "n_layers": meta.encoder_config.get("n_layers"),
-        "n_heads": meta.encoder_config.get("n_heads"),
-        "memory_dtype": meta.memory_dtype,
-        "compressor": meta.compressor,
-        "sharded": meta.sharded,
-        "embedding_bytes_on_disk": store.bytes_on_disk(),
-        "bytes_per_haplotype_site": round(_bytes_per_site(store), 3),
-        "source": meta.source_path,
-        "source_sha256": meta.source_sha256,
-        "tool_version": meta.tool_version,
-    }
+    info = store.summary()
     if as_json:
         print(json.dumps(info))
         return

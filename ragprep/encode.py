@@ -16,8 +16,10 @@ from ragprep import __version__
 from ragprep.model import Bert, BertConfig, build_bert, fingerprint, load_bert_checkpoint
 from ragprep.progress import console, progress_bar
 from ragprep.vcf import Panel, read_panel
-from ragprep.windows import WindowPlan, pad_window
+from ragprep.windows import pad_window
 from stores import StoreMeta, StoreWriter, create_store, schema
+from stores.plan import WindowPlan
+from stores.errors import UserError
 from stores.quantize import quantize_int8
 from stores.writer import is_local, local_path
 
@@ -59,13 +61,11 @@ class EncodeReport:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device; fix: use --device auto or cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserError("--device", f"unknown device {device!r}", "use auto, cpu or cuda (cuda:N for one GPU)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device", f"{device} asked for, but torch sees no CUDA device", "use --device auto or cpu")
     return torch.device(device)
-
-
-def default_stride(window: int) -> int:
-    return max(1, window - window // 8)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -76,8 +76,8 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def panel_arrays(panel: Panel, plan: WindowPlan) -> dict[str, np.ndarray]:
-    """The panel and window-plan arrays of a store, under their schema (VCF Zarr) names."""
+def panel_arrays(panel: Panel) -> dict[str, np.ndarray]:
+    """The panel arrays of a store, under their schema (VCF Zarr) names."""
     n_variants, n_samples = panel.n_variants, panel.n_samples
     return {
         schema.CONTIG_ID: np.asarray([panel.contig], dtype=str),
@@ -88,10 +88,6 @@ def panel_arrays(panel: Panel, plan: WindowPlan) -> dict[str, np.ndarray]:
         schema.SAMPLE_ID: panel.sample_ids.astype(str),
         schema.CALL_GENOTYPE: panel.alleles.reshape(n_variants, n_samples, 2),
         schema.CALL_GENOTYPE_PHASED: np.ones((n_variants, n_samples), dtype=bool),
-        schema.WINDOW_START: plan.starts,
-        schema.WINDOW_LENGTH: plan.lengths,
-        schema.WINDOW_CORE_START: plan.core_starts,
-        schema.WINDOW_CORE_END: plan.core_ends,
     }
 
 
@@ -126,7 +122,7 @@ def encode(vcf: str, out: str, options: EncodeOptions) -> EncodeReport:
     console.print(panel.summary(), soft_wrap=True)  # one line in logs, however long the path
     bert, source = load_encoder(options)
     config = bert.config
-    plan = WindowPlan(config.window, options.stride or default_stride(config.window), panel.n_variants)
+    plan = WindowPlan.for_sites(panel.n_variants, config.window, options.stride)
     meta = StoreMeta(
         encoder_fingerprint=fingerprint(bert), encoder_config=config.to_dict(), encoder_source=source,
         d_model=config.d_model, d_memory=config.d_memory, memory_dtype=options.memory_dtype,
@@ -136,7 +132,7 @@ def encode(vcf: str, out: str, options: EncodeOptions) -> EncodeReport:
     )
     exists = local_path(out).exists() if is_local(out) else False
     if options.overwrite or not exists:
-        create_store(out, meta, panel_arrays(panel, plan), overwrite=options.overwrite)
+        create_store(out, meta, panel_arrays(panel), overwrite=options.overwrite)
     writer = StoreWriter(out, meta)
     index, count = options.shard
     done = writer.windows_done()

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,6 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from stores.errors import UserError
 
 REF, ALT, MASK, PAD = 0, 1, 2, 3
 VOCAB = 4
@@ -34,9 +40,11 @@ class BertConfig:
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+            raise UserError("--heads", f"d_model {self.d_model} is not a multiple of {self.n_heads} heads",
+                            "choose --heads that divides --d-model")
         if not 1 <= self.d_memory <= self.d_model:
-            raise ValueError(f"d_memory must be in 1..d_model ({self.d_model}), got {self.d_memory}")
+            raise UserError("--d-memory", f"{self.d_memory} is outside 1..d_model ({self.d_model})",
+                            f"give a memory dim between 1 and {self.d_model}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,11 +58,6 @@ PRESETS: dict[str, BertConfig] = {
     "demo": BertConfig(),
     "research": BertConfig(d_model=192, n_layers=10, n_heads=6, window=1030, d_memory=192),
 }
-
-
-def alleles_to_tokens(alleles: torch.Tensor) -> torch.Tensor:
-    """int alleles (0, 1, -1 missing) -> tokens (REF, ALT, MASK). Padding is set by the caller."""
-    return torch.where(alleles < 0, torch.full_like(alleles, MASK), alleles).long()
 
 
 class SiteEmbedding(nn.Module):
@@ -123,8 +126,16 @@ class Block(nn.Module):
         return x + self.ffn(self.ln_ffn(x))
 
 
+AfterBlock = Callable[[int, torch.Tensor], torch.Tensor]
+"""after_block(layer index, hidden [B, L, D]) -> hidden: how the fused model joins the one forward pass."""
+
+
 class Bert(nn.Module):
-    """BERT over one window of haplotypes: tokens [B, L], af [B, L] or [L], valid [B, L] -> hidden [B, L, D]."""
+    """BERT over one window of haplotypes: tokens [B, L], af [B, L] or [L], valid [B, L] -> hidden [B, L, D].
+
+    `gradient_checkpointing` (a runtime switch, not part of the config) recomputes each block's activations
+    in the backward pass while training: less memory, about a third more time.
+    """
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -133,13 +144,21 @@ class Bert(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(config.d_model)
         self.memory_proj = nn.Linear(config.d_model, config.d_memory)
+        self.gradient_checkpointing = False
         self.apply(_init_weights)
 
-    def forward(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None = None,
+                after_block: AfterBlock | None = None) -> torch.Tensor:
+        """The project's one pass over the blocks; `after_block` may change the hidden states between blocks."""
         x = self.embed(tokens, af)
         mask = attention_mask(valid)
-        for block in self.blocks:
-            x = block(x, mask)
+        for i, block in enumerate(self.blocks):
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(block, x, mask, use_reentrant=False)
+            else:
+                x = block(x, mask)
+            if after_block is not None:
+                x = after_block(i, x)
         return self.norm(x)
 
     def encode_memory(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -170,11 +189,29 @@ def fingerprint(bert: Bert) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_bert_checkpoint(path: str | Path) -> Bert:
-    """The Bert inside a checkpoint (ragtrain's, or one saved by `save_bert`), loaded with weights_only=True."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "bert_config" not in ckpt:
-        raise ValueError(f"{path}: not a ragsnv checkpoint (no bert_config); fix: pass a ragtrain checkpoint")
+def read_checkpoint(path: str | Path, option: str, needs: str) -> dict:
+    """The one checkpoint reader: `torch.load(..., weights_only=True)` of a dict holding key `needs`.
+
+    A missing, truncated or foreign file is a UserError naming the file and the option it came from.
+    """
+    fix = f"pass {option} a checkpoint written by ragsnv (`ragtrain fit` OUT/best.pt or last.pt)"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(path, "no such file", fix) from None
+    except IsADirectoryError:
+        raise UserError(path, "is a folder, not a checkpoint", fix) from None
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(path, f"cannot be read as a checkpoint ({reason[:120]})", fix) from None
+    if not isinstance(ckpt, dict) or needs not in ckpt:
+        raise UserError(path, f"not a ragsnv checkpoint (no {needs})", fix)
+    return ckpt
+
+
+def load_bert_checkpoint(path: str | Path, option: str = "--encoder") -> Bert:
+    """The Bert inside a checkpoint (ragtrain's, or one saved by `save_bert`)."""
+    ckpt = read_checkpoint(path, option, needs="bert_config")
     bert = Bert(BertConfig.from_dict(ckpt["bert_config"]))
     state = ckpt.get("bert_state") or {k[len("bert."):]: v for k, v in ckpt["model"].items() if k.startswith("bert.")}
     bert.load_state_dict(state)

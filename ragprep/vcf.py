@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 from cyvcf2 import VCF
 
-from ragprep.errors import InputError
+from stores.errors import UserError
 from ragprep.progress import record_spinner
 
 MISSING = -1
@@ -77,7 +77,7 @@ def parse_region(region: str | None) -> tuple[str, int, int] | None:
         return None
     match = re.fullmatch(r"([^:]+)(?::([\d,]+)-([\d,]+))?", region.strip())
     if not match:
-        raise InputError("--region", f"cannot parse region {region!r}", "write it as CONTIG or CONTIG:START-END")
+        raise UserError("--region", f"cannot parse region {region!r}", "write it as CONTIG or CONTIG:START-END")
     contig, start, end = match.groups()
     if start is None:
         return contig, 1, 2**62
@@ -85,11 +85,11 @@ def parse_region(region: str | None) -> tuple[str, int, int] | None:
 
 
 def open_vcf(path: str) -> VCF:
-    """Open a VCF/BCF, turning cyvcf2's failure into a one-line InputError."""
+    """Open a VCF/BCF, turning cyvcf2's failure into a one-line UserError."""
     try:
         return VCF(str(path), lazy=True, threads=1)
     except Exception as err:  # noqa: BLE001 - cyvcf2 raises OSError, sometimes plain Exception
-        raise InputError(
+        raise UserError(
             path, f"not a readable VCF/BCF ({str(err).splitlines()[0][:120]})",
             "check the path and that it is a VCF, bgzipped VCF or BCF",
         ) from None
@@ -105,12 +105,12 @@ def read_panel(
     """Read phased diploid biallelic records of one contig into a Panel.
 
     `allow_missing` keeps missing alleles as -1 (targets); a panel must be complete.
-    Every problem raises InputError naming the file, contig:pos, the sample where it applies, and the fix.
+    Every problem raises UserError naming the file, contig:pos, the sample where it applies, and the fix.
     """
     vcf = open_vcf(path)
     samples = np.asarray(vcf.samples, dtype=str)
     if samples.size == 0:
-        raise InputError(path, f"the {what} has no samples", "give a VCF with phased FORMAT/GT sample columns")
+        raise UserError(path, f"the {what} has no samples", "give a VCF with phased FORMAT/GT sample columns")
     wanted = parse_region(region)
     records = _records(vcf, path, region, wanted)
     contig_lengths = dict(zip(vcf.seqnames, vcf.seqlens)) if _has_lengths(vcf) else {}
@@ -130,7 +130,7 @@ def read_panel(
             except StopIteration:
                 break
             except Exception:  # noqa: BLE001 - htslib read error mid-file: truncated or corrupt
-                raise InputError(
+                raise UserError(
                     path, f"the file breaks after record {last} (truncated or corrupt bgzip?)",
                     "re-create it (bgzip / bcftools view -Oz) and check it with `bcftools view`",
                 ) from None
@@ -140,18 +140,18 @@ def read_panel(
             if contig is None:
                 contig = rec.CHROM
             elif rec.CHROM != contig:
-                raise InputError(
+                raise UserError(
                     path, f"records of a second contig ({rec.CHROM} after {contig}) and no --region",
                     f"pass --region {contig} (one contig a store), or split the file by contig",
                     where,
                 )
             if positions and rec.POS <= positions[-1]:
                 if rec.POS == positions[-1]:
-                    raise InputError(
+                    raise UserError(
                         path, "duplicate position (a second record at the same site)",
                         "keep one record a site, e.g. `bcftools norm -m +any` or `bcftools norm -d all`", where,
                     )
-                raise InputError(
+                raise UserError(
                     path, f"records are not sorted (this one follows {contig}:{positions[-1]})",
                     "sort it with `bcftools sort -Oz`", where,
                 )
@@ -163,12 +163,12 @@ def read_panel(
                     last = where
                     continue
                 if len(rec.ALT) > 1:
-                    raise InputError(
+                    raise UserError(
                         path, f"multiallelic record (ALT {','.join(rec.ALT)})",
                         "split or drop such records (`bcftools norm -m -any`, `bcftools view -m2 -M2`) "
                         "or use --multiallelic skip", where,
                     )
-                raise InputError(
+                raise UserError(
                     path, "record without an ALT allele (monomorphic site)",
                     "drop such records (`bcftools view -m2 -M2`)", where,
                 )
@@ -180,7 +180,7 @@ def read_panel(
             tick()
     if not rows:
         scope = f" in region {region}" if region else ""
-        raise InputError(path, f"the {what} has no biallelic records{scope}", "check the file and --region")
+        raise UserError(path, f"the {what} has no biallelic records{scope}", "check the file and --region")
     return Panel(
         path=str(path),
         contig=str(contig),
@@ -226,7 +226,7 @@ def _haplotype_row(gt: np.ndarray, samples: np.ndarray, path: str, where: str, a
     wrong = (ploidy != 2) & ~blank
     if wrong.any():
         bad = int(np.argmax(wrong))
-        raise InputError(
+        raise UserError(
             path, f"sample {samples[bad]} has ploidy {ploidy[bad]}; ragsnv needs diploid calls",
             "keep diploid samples and contigs only (e.g. `bcftools view -s` or drop chrX/chrY)", where,
         )
@@ -235,14 +235,14 @@ def _haplotype_row(gt: np.ndarray, samples: np.ndarray, path: str, where: str, a
     missing = (alleles == MISSING).any(axis=1)
     if missing.any() and not allow_missing:
         bad = int(np.argmax(missing))
-        raise InputError(
+        raise UserError(
             path, f"sample {samples[bad]} has a missing allele",
             "impute and phase the panel first (e.g. Beagle 5), or drop the record", where,
         )
     unphased = (gt[:, -1] == 0) & ~missing  # cyvcf2 flags a missing './.' unphased: missing is checked first
     if unphased.any():
         bad = int(np.argmax(unphased))
-        raise InputError(
+        raise UserError(
             path, f"sample {samples[bad]} is unphased",
             "phase the file first (e.g. Beagle 5 or SHAPEIT5)", where,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,9 @@ import typer
 
 from ragprep.cli_support import clean_errors
 from ragprep.progress import console
+from ragtrain.fit import FitOptions
+from ragtrain.retrieval import RetrievalSpec
+from stores.errors import UserError
 
 app = typer.Typer(
     help="Train and apply ragsnv imputation models.\n\n"
@@ -35,58 +39,81 @@ class Retrieval(str, Enum):
     torch = "torch"
 
 
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+_RETRIEVAL = RetrievalSpec()
+_FIT = FitOptions(store="", out="")
+
+
 @app.command(epilog="Examples: ragtrain fit --store store.zarr --out runs/exp1 --max-steps 300\n\n"
              "ragtrain fit --store store.zarr --out runs/exp1 --resume    # continues where it stopped")
 def fit(
+    ctx: typer.Context,
     store: Annotated[str, typer.Option(help="Embedding store from `ragprep encode` (path or fsspec URL).")],
-    out: Annotated[Path, typer.Option(help="Run folder: last.pt, best.pt, metrics.csv.")],
-    train: Annotated[Path | None, typer.Option(help="Separate phased training VCF (default: the panel, split by sample).")] = None,
-    rag_mode: Annotated[RagMode, typer.Option(help="precomputed (stored memory), online (research baseline), none.")] = RagMode.precomputed,
-    k: Annotated[int, typer.Option(min=1, help="Neighbours retrieved a window.")] = 8,
-    retrieval_flank: Annotated[int, typer.Option(min=0, help="Sites each side of a window whose observed alleles also key retrieval (arrays type ~1 % of sites).")] = 2048,
-    match_features: Annotated[bool, typer.Option(help="Tell the model how far each neighbour matches the query around each site.")] = True,
-    fusion: Annotated[Fusion, typer.Option(help="aligned: each site attends to neighbours at that site; full: all sites.")] = Fusion.aligned,
-    fusion_layers: Annotated[str | None, typer.Option(help="Comma-separated layers followed by fusion (default: all).")] = None,
-    neighbour_alleles: Annotated[bool, typer.Option(help="Embed the neighbours' alleles beside their stored states.")] = True,
-    adapter: Annotated[bool, typer.Option(help="Light trainable adapter over the memory (LUMEN-style).")] = False,
-    mask: Annotated[str, typer.Option(help="Training masks: random:LO-HI, af:LO-HI, or array:EVERY:MIN_MAF.")] = "random:0.3-0.8",
-    val_mask: Annotated[str, typer.Option(help="Fixed validation mask (same syntax).")] = "array:8:0.05",
-    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Samples held out for validation.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Seed of split, masks, batch order and new weights.")] = 1,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs (one epoch: every window for every training query).")] = 1,
+    out: Annotated[Path, typer.Option(help="Run folder: last.pt, best.pt, metrics.csv (new or empty, unless --resume or --overwrite).")],
+    train: Annotated[Path | None, typer.Option(help="Separate phased training VCF (default: the panel, split by sample); the panel's validation samples are left out of it.")] = None,
+    rag_mode: Annotated[RagMode, typer.Option(help="precomputed (stored memory), online (research baseline), none.")] = RagMode(_FIT.rag_mode),
+    k: Annotated[int, typer.Option(min=1, help="Neighbours retrieved a window.")] = _RETRIEVAL.k,
+    retrieval_flank: Annotated[int, typer.Option(min=0, help="Sites each side of a window whose observed alleles also key retrieval (arrays type ~1 % of sites).")] = _RETRIEVAL.flank,
+    match_features: Annotated[bool, typer.Option(help="Tell the model how far each neighbour matches the query around each site.")] = _RETRIEVAL.match_features,
+    retrieval: Annotated[Retrieval, typer.Option(help="Exact top-k backend: FAISS, or torch (same neighbours).")] = Retrieval(_RETRIEVAL.backend),
+    fusion: Annotated[Fusion, typer.Option(help="aligned: each site attends to neighbours at that site; full: all sites.")] = Fusion(_FIT.fusion),
+    fusion_layers: Annotated[str | None, typer.Option(help="Comma-separated layers (0-based) followed by fusion (default: all).")] = None,
+    neighbour_alleles: Annotated[bool, typer.Option(help="Embed the neighbours' alleles beside their stored states.")] = _FIT.neighbour_alleles,
+    adapter: Annotated[bool, typer.Option(help="Light trainable adapter over the memory (LUMEN-style).")] = _FIT.adapter,
+    mask: Annotated[str, typer.Option(help="Training masks: random:LO-HI, af:LO-HI, or array:EVERY:MIN_MAF.")] = _FIT.mask,
+    val_mask: Annotated[str, typer.Option(help="Fixed validation mask, one a sample over the whole panel (same syntax).")] = _FIT.val_mask,
+    val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Samples held out for validation (0: none; best.pt is then the latest).")] = _FIT.val_fraction,
+    seed: Annotated[int, typer.Option(help="Seed of split, masks, batch order and new weights.")] = _FIT.seed,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs (one epoch: every window for every training query).")] = _FIT.epochs,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps in all (overrides --epochs).")] = None,
     stop_after: Annotated[int | None, typer.Option(min=1, help="Stop this run after so many steps (checkpointed); continue with --resume.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Query haplotypes a batch (one window a batch).")] = 32,
-    accumulate: Annotated[int, typer.Option(min=1, help="Gradient accumulation steps.")] = 1,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
-    warmup: Annotated[int, typer.Option(min=1, help="Warm-up steps.")] = 20,
-    eval_every: Annotated[int, typer.Option(min=1, help="Validate and checkpoint every N steps.")] = 100,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    checkpointing: Annotated[bool, typer.Option(help="Gradient checkpointing (less memory, ~30% more time).")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Query haplotypes a batch (one window a batch).")] = _FIT.batch_size,
+    accumulate: Annotated[int, typer.Option(min=1, help="Gradient accumulation steps.")] = _FIT.accumulate,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = _FIT.lr,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay.")] = _FIT.weight_decay,
+    warmup: Annotated[int, typer.Option(min=1, help="Warm-up steps.")] = _FIT.warmup,
+    clip: Annotated[float, typer.Option(help="Gradient norm clipping.")] = _FIT.clip,
+    eval_every: Annotated[int, typer.Option(min=1, help="Validate and checkpoint every N steps.")] = _FIT.eval_every,
+    device: Annotated[Device, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = Device.auto,
+    checkpointing: Annotated[bool, typer.Option(help="Gradient checkpointing (less memory, ~30% more time).")] = _FIT.checkpointing,
     encoder: Annotated[Path | None, typer.Option(help="The checkpoint the store was encoded with (if not a seed).")] = None,
-    retrieval: Annotated[Retrieval, typer.Option(help="Exact top-k backend: FAISS, or torch.")] = Retrieval.auto,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt exactly where it stopped.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the run in OUT.")] = False,
 ) -> None:
     """Train a BERT over query haplotypes that cross-attends to retrieved, precomputed reference memory."""
-    from ragtrain.fit import FitOptions
     from ragtrain.fit import fit as run_fit
 
     with clean_errors():
-        layers = tuple(int(x) for x in fusion_layers.split(",")) if fusion_layers else ()
-        options = FitOptions(
-            store=store, out=str(out), train_vcf=str(train) if train else None, rag_mode=rag_mode.value, k=k,
-            retrieval_flank=retrieval_flank, match_features=match_features,
-            fusion=fusion.value, fusion_layers=layers, neighbour_alleles=neighbour_alleles, adapter=adapter,
-            mask=mask, val_mask=val_mask, val_fraction=val_fraction, seed=seed, epochs=epochs, max_steps=max_steps,
-            stop_after=stop_after, batch_size=batch_size, accumulate=accumulate, lr=lr, warmup=warmup,
-            eval_every=eval_every, device=device, checkpointing=checkpointing,
-            encoder=str(encoder) if encoder else None, retrieval=retrieval.value, resume=resume,
-        )
-        result = run_fit(options)
+        values = {name: _plain(value) for name, value in ctx.params.items()}
+        spec = RetrievalSpec(k=values.pop("k"), flank=values.pop("retrieval_flank"),
+                             match_features=values.pop("match_features"), backend=values.pop("retrieval"))
+        values["fusion_layers"] = _layers(values["fusion_layers"])
+        result = run_fit(FitOptions(**values, retrieval=spec))
+    best = "no validation samples" if result.best_r2 == -math.inf else f"best validation r2 {result.best_r2:.4f}"
     console.print(f"{result.steps} steps, {result.steps_per_s:.2f} steps/s, data wait {result.data_wait:.1%}; "
-                  f"best validation r2 {result.best_r2:.4f}; checkpoints in {out}")
+                  f"{best}; checkpoints in {out}")
     print_metrics(result.last_metrics)
 
+
+def _plain(value: object) -> object:
+    """A CLI value as FitOptions holds it: enums by value, paths as strings."""
+    if isinstance(value, Enum):
+        return value.value
+    return str(value) if isinstance(value, Path) else value
+
+
+def _layers(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError("--fusion-layers", f"cannot read {text!r}", "give layer numbers separated by commas, e.g. 0,2") from None
 
 
 class Stitch(str, Enum):
@@ -104,15 +131,15 @@ def impute(
     batch_size: Annotated[int, typer.Option(min=1, help="Target haplotypes a batch.")] = 64,
     stitch: Annotated[Stitch, typer.Option(help="Overlaps: average the windows covering a site (measured a little better), or core (the window whose centre holds it wins).")] = Stitch.average,
     region: Annotated[str | None, typer.Option(help="CONTIG or CONTIG:START-END of the target to read.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    retrieval: Annotated[Retrieval, typer.Option(help="Exact top-k backend: FAISS, or torch.")] = Retrieval.auto,
+    device: Annotated[Device, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = Device.auto,
+    retrieval: Annotated[Retrieval | None, typer.Option(help="Exact top-k backend: FAISS or torch (default: as the model was trained; same neighbours).")] = None,
 ) -> None:
     """Impute every panel site for every target sample; write GT, DS, GP, HDS and INFO AF, DR2, IMP."""
     from ragtrain.impute import impute as run_impute
 
     with clean_errors():
-        report = run_impute(str(target), store, str(model), str(out), device=device, batch_size=batch_size,
-                            stitch=stitch.value, region=region, retrieval=retrieval.value)
+        report = run_impute(str(target), store, str(model), str(out), device=device.value, batch_size=batch_size,
+                            stitch=stitch.value, region=region, retrieval=retrieval.value if retrieval else None)
     console.print(f"wrote {report.path}: {report.samples} samples x {report.sites} sites "
                   f"({report.typed_sites} typed) in {report.seconds:.1f} s, {report.genotypes_per_s:,.0f} genotypes/s")
 
@@ -198,9 +225,10 @@ def bench(
         for name, given, allowed in (("mode", chosen_modes, tuple(m.value for m in RagMode)), ("suite", chosen_suites, SUITES)):
             unknown = [x for x in given if x not in allowed]
             if unknown or not given:
-                raise ValueError(f"--{name}s {','.join(given)!r}: unknown {name} {unknown}; choose from {', '.join(allowed)}")
+                raise UserError(f"--{name}s", f"unknown {name} {unknown} in {','.join(given)!r}",
+                                f"choose from {', '.join(allowed)}")
         if k and not all(x.isdigit() and int(x) > 0 for x in _csv(k)):
-            raise ValueError(f"--k {k!r}: write neighbour counts as positive integers, e.g. 1,8")
+            raise UserError("--k", f"cannot read {k!r}", "write neighbour counts as positive integers, e.g. 1,8")
         ks = tuple(int(x) for x in _csv(k)) if k else ()
         options = BenchOptions(config=config.value, out=str(out), modes=chosen_modes, batch=batch, ks=ks,
                                suites=chosen_suites, device=device, memory_limit_gb=memory_limit_gb,

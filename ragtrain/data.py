@@ -20,7 +20,7 @@ import torch
 from ragprep.model import PAD
 from ragprep.windows import pad_window
 from ragtrain.masking import MaskSpec, apply_mask, mask_for
-from ragtrain.retrieval import WindowIndex, match_buckets
+from ragtrain.retrieval import RetrievalSpec, WindowIndex, match_buckets
 from stores import EmbeddingStore
 
 IGNORE = -100  # label of sites that are not scored
@@ -97,29 +97,23 @@ class Batch:
 
 
 class BatchBuilder:
-    """Builds batches for one store and query set; keeps the retrieval index of the last window visited."""
+    """Builds batches for one store and query set; keeps the retrieval index of the last window visited.
 
-    def __init__(self, store: EmbeddingStore, panel_haps: np.ndarray, queries: QuerySet, mask: MaskSpec | None,
-                 seed: int, k: int, rag_mode: str, retrieval_backend: str = "auto", flank: int = 0,
-                 match_features: bool = False) -> None:
-        self.store, self.panel_haps, self.queries = store, panel_haps, queries
-        self.mask, self.seed, self.k, self.rag_mode = mask, seed, k, rag_mode
-        self.backend, self.flank, self.match_features = retrieval_backend, flank, match_features
-        self.starts = store.windows["window_start"]
-        self.lengths = store.windows["window_length"]
-        self.length = store.window_length
+    mask: training masks drawn per (seed, epoch, sample, window) over the key span; None at inference, where
+    the queries' untyped sites are already -1.
+    """
+
+    def __init__(self, store: EmbeddingStore, panel_alleles: np.ndarray, queries: QuerySet, *,
+                 retrieval: RetrievalSpec, rag_mode: str, mask: MaskSpec | None = None, seed: int = 0) -> None:
+        self.store, self.panel_alleles, self.queries = store, panel_alleles, queries
+        self.retrieval, self.rag_mode, self.mask, self.seed = retrieval, rag_mode, mask, seed
+        self.plan = store.plan
         self._index: tuple[int, WindowIndex] | None = None
 
-    def window_span(self, window: int) -> slice:
-        start = int(self.starts[window])
-        return slice(start, start + int(self.lengths[window]))
-
     def key_span(self, window: int) -> slice:
-        """The window plus `flank` sites each side (clipped): the sites masks are drawn over and whose observed
-        alleles make the retrieval key. Sparse targets (arrays) type a few sites a window; the flank lets
-        retrieval match on many more."""
-        span = self.window_span(window)
-        return slice(max(0, span.start - self.flank), min(self.panel_haps.shape[1], span.stop + self.flank))
+        """The window plus the retrieval flank each side: the sites masks are drawn over and whose observed
+        alleles make the retrieval key."""
+        return self.plan.key_span(window, self.retrieval.flank)
 
     def masks(self, epoch: int, window: int, query_ids: np.ndarray) -> np.ndarray:
         """bool [B, key span]: True where the query's site is hidden (scored inside the window); none hidden
@@ -138,41 +132,42 @@ class BatchBuilder:
         return np.stack(rows)
 
     def build(self, epoch: int, window: int, query_ids: np.ndarray) -> Batch:
-        span, key_span = self.window_span(window), self.key_span(window)
+        span, key_span = self.plan.sites(window), self.key_span(window)
         key_truth, key_hidden = self.queries.alleles[query_ids, key_span], self.masks(epoch, window, query_ids)
         key_observed = apply_mask(key_truth, key_hidden)
         inside = slice(span.start - key_span.start, span.stop - key_span.start)
         truth, hidden, observed = key_truth[:, inside], key_hidden[:, inside], key_observed[:, inside]
-        tokens, af, valid = pad_window(observed, self.store.af[span], self.length)
+        tokens, af, valid = pad_window(observed, self.store.af[span], self.plan.length)
         labels = np.full(tokens.shape, IGNORE, dtype=np.int64)
         n = truth.shape[1]
         labels[:, :n] = np.where(hidden & (truth >= 0), truth, IGNORE)
-        b = len(query_ids)
+        b, k = len(query_ids), self.retrieval.k
         batch = Batch(window, np.asarray(query_ids), torch.from_numpy(tokens),
                       torch.from_numpy(af).expand(b, -1).contiguous(),
                       torch.from_numpy(valid).expand(b, -1).contiguous(), torch.from_numpy(labels))
         if self.rag_mode == "none":
             return batch
         ids = self.retrieve(window, key_observed, query_ids)
-        neighbours = np.full((b, self.k, self.length), PAD, dtype=np.int64)
-        neighbours[:, :, :n] = self.panel_haps[ids, span]
+        neighbours = np.full((b, k, self.plan.length), PAD, dtype=np.int64)
+        neighbours[:, :, :n] = self.panel_alleles[ids, span]
         batch.neighbour_tokens = torch.from_numpy(neighbours)
-        if self.match_features:
-            match = np.zeros((b, self.k, self.length), dtype=np.int64)
-            match[:, :, :n] = match_buckets(key_observed, self.panel_haps[ids, key_span], within=inside)
+        if self.retrieval.match_features:
+            match = np.zeros((b, k, self.plan.length), dtype=np.int64)
+            match[:, :, :n] = match_buckets(key_observed, self.panel_alleles[ids, key_span], within=inside)
             batch.neighbour_match = torch.from_numpy(match)
         if self.rag_mode == "precomputed":
             block = self.store.read_neighbours(window, ids.reshape(-1))
-            batch.memory = torch.from_numpy(block.values.reshape(b, self.k, self.length, -1))
+            batch.memory = torch.from_numpy(block.values.reshape(b, k, self.plan.length, -1))
             if block.scales is not None:
-                batch.memory_scales = torch.from_numpy(block.scales.reshape(b, self.k, self.length))
+                batch.memory_scales = torch.from_numpy(block.scales.reshape(b, k, self.plan.length))
         return batch
 
     def retrieve(self, window: int, observed: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
         """int64 [B, k] panel haplotype ids nearest each masked query over its observed key-span sites."""
         if self._index is None or self._index[0] != window:
-            self._index = (window, WindowIndex(self.panel_haps[:, self.key_span(window)], backend=self.backend))
-        ids, _ = self._index[1].search(observed, self.k, exclude=self.queries.exclude[query_ids])
+            index = WindowIndex(self.panel_alleles[:, self.key_span(window)], backend=self.retrieval.backend)
+            self._index = (window, index)
+        ids, _ = self._index[1].search(observed, self.retrieval.k, exclude=self.queries.exclude[query_ids])
         return ids
 
 
@@ -186,8 +181,8 @@ def epoch_plan(n_windows: int, n_queries: int, batch_size: int, seed: int, epoch
     return plan
 
 
-def validation_plan(n_windows: int, n_queries: int, batch_size: int) -> list[tuple[int, np.ndarray]]:
-    """Every window, queries in order: fixed across evaluations."""
+def inference_plan(n_windows: int, n_queries: int, batch_size: int) -> list[tuple[int, np.ndarray]]:
+    """Every window, queries in order (impute and validation)."""
     order = np.arange(n_queries)
     return [(w, order[i:i + batch_size]) for w in range(n_windows) for i in range(0, n_queries, batch_size)]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from cyvcf2 import VCF, Variant
 
-from ragprep.errors import InputError
+from stores.errors import UserError
 from ragprep.progress import console, record_spinner
 from ragprep.vcf import open_vcf
 from ragtrain import metrics
@@ -69,7 +69,7 @@ def _header_ids(vcf: VCF) -> dict[str, set[str]]:
 
 
 def _records(vcf: VCF, path: str) -> Iterator[Variant]:
-    """Records, with a read error mid-file turned into a one-line InputError."""
+    """Records, with a read error mid-file turned into a one-line UserError."""
     records = iter(vcf)
     last = "the header"
     while True:
@@ -78,7 +78,7 @@ def _records(vcf: VCF, path: str) -> Iterator[Variant]:
         except StopIteration:
             return
         except Exception:  # noqa: BLE001 - htslib read error: truncated or corrupt
-            raise InputError(path, f"the file breaks after record {last} (truncated or corrupt bgzip?)",
+            raise UserError(path, f"the file breaks after record {last} (truncated or corrupt bgzip?)",
                              "re-create it (bgzip / bcftools view -Oz) and check it with `bcftools view`") from None
         last = f"{rec.CHROM}:{rec.POS}"
         yield rec
@@ -93,9 +93,9 @@ def read_truth(path: str) -> Truth:
     vcf = open_vcf(path)
     samples = np.asarray(vcf.samples, dtype=str)
     if samples.size == 0:
-        raise InputError(path, "the truth VCF has no samples", "give a VCF with FORMAT/GT sample columns")
+        raise UserError(path, "the truth VCF has no samples", "give a VCF with FORMAT/GT sample columns")
     if "GT" not in _header_ids(vcf)["FORMAT"]:
-        raise InputError(path, "the truth VCF has no FORMAT/GT", "give true genotypes (GT) for the samples")
+        raise UserError(path, "the truth VCF has no FORMAT/GT", "give true genotypes (GT) for the samples")
     index: dict[SiteKey, int] = {}
     rows: list[np.ndarray] = []
     skipped = 0
@@ -111,7 +111,7 @@ def read_truth(path: str) -> Truth:
             rows.append(count)
             tick()
     if not rows:
-        raise InputError(path, "the truth VCF has no biallelic records", "check the file")
+        raise UserError(path, "the truth VCF has no biallelic records", "check the file")
     counts = np.stack(rows)
     observed = counts >= 0
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -124,7 +124,7 @@ def _open_imputed(path: str) -> tuple[VCF, dict[str, set[str]]]:
     vcf = open_vcf(path)
     ids = _header_ids(vcf)
     if "DS" not in ids["FORMAT"]:
-        raise InputError(
+        raise UserError(
             path, "no FORMAT/DS (imputed ALT dosage) in the header",
             "give the imputed output with dosages (Beagle 5 writes DS by default; minimac4: --format GT,DS)",
         )
@@ -140,7 +140,7 @@ def read_imputed(path: str, all_sites: bool = False) -> Imputed:
     vcf, ids = _open_imputed(path)
     samples = np.asarray(vcf.samples, dtype=str)
     if samples.size == 0:
-        raise InputError(path, "the imputed VCF has no samples", "give the imputed output VCF")
+        raise UserError(path, "the imputed VCF has no samples", "give the imputed output VCF")
     has_gp = "GP" in ids["FORMAT"]
     dr2_field = next((f for f in ESTIMATED_R2 if f in ids["INFO"]), None)
     flag = None if all_sites else next((f for f in IMPUTED_FLAGS if f in ids["INFO"]), None)
@@ -160,7 +160,7 @@ def read_imputed(path: str, all_sites: bool = False) -> Imputed:
             where = f"{rec.CHROM}:{rec.POS}"
             ds = rec.format("DS")
             if ds is None:
-                raise InputError(path, "record without FORMAT/DS", "write DS on every record", where)
+                raise UserError(path, "record without FORMAT/DS", "write DS on every record", where)
             dosages.append(ds[:, 0].astype(np.float32))
             if has_gp:
                 gp = rec.format("GP")
@@ -173,7 +173,7 @@ def read_imputed(path: str, all_sites: bool = False) -> Imputed:
             tick()
     if not dosages:
         what = f"sites flagged INFO/{flag}" if flag else "biallelic records"
-        raise InputError(path, f"no {what} to evaluate",
+        raise UserError(path, f"no {what} to evaluate",
                          "pass --all-sites to score typed sites too" if flag else "check the file")
     out.dosage = np.stack(dosages)
     out.gp = np.stack(gps) if has_gp else None
@@ -198,14 +198,14 @@ def _match(imputed: Imputed, truth: Truth) -> tuple[np.ndarray, np.ndarray, np.n
     truth_rows = np.array([truth.index.get(key, -1) for key in imputed.keys], dtype=np.int64)
     rows = np.nonzero(truth_rows >= 0)[0]
     if rows.size == 0:
-        raise InputError(
+        raise UserError(
             imputed.path, f"no site in common with the truth {truth.path} (matched by contig, position, REF, ALT)",
             "check both use the same reference build, contig names (chr22 vs 22) and allele order",
         )
     truth_col = {sample: j for j, sample in enumerate(truth.sample_ids)}
     pairs = [(i, truth_col[s]) for i, s in enumerate(imputed.sample_ids) if s in truth_col]
     if not pairs:
-        raise InputError(
+        raise UserError(
             imputed.path, f"no sample id in common with the truth {truth.path}",
             "impute the same samples whose true genotypes the truth VCF holds (check the sample names)",
         )
@@ -239,7 +239,7 @@ def evaluate(imputed_paths: list[str], truth_path: str, out_dir: str, store: str
     count unless `all_sites`.
     """
     if not imputed_paths:
-        raise InputError("IMPUTED", "no imputed VCF given", "pass one or more imputed VCFs")
+        raise UserError("IMPUTED", "no imputed VCF given", "pass one or more imputed VCFs")
     for path in imputed_paths:  # fail fast, before reading a large truth
         _open_imputed(str(path))
     opened = open_store(store, require_complete=False) if store else None

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import math
-import os
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,40 +18,40 @@ from rich.progress import TextColumn
 from ragprep.encode import resolve_device
 from ragprep.model import Bert, BertConfig, build_bert, fingerprint, load_bert_checkpoint
 from ragprep.progress import console, progress_bar
-from ragtrain.data import (
-    IGNORE,
-    BatchBuilder,
-    Prefetcher,
-    QuerySet,
-    epoch_plan,
-    external_queries,
-    panel_queries,
-    split_samples,
-    validation_plan,
-)
-from ragtrain.masking import VALIDATION_EPOCH, MaskSpec
+from ragtrain.checkpoint import load_checkpoint, save_atomic
+from ragtrain.data import IGNORE, Batch, BatchBuilder, Prefetcher, QuerySet, epoch_plan, external_queries, \
+    panel_queries, split_samples
+from ragtrain.impute import Imputer
+from ragtrain.masking import VALIDATION_EPOCH, MaskSpec, apply_mask, mask_for
 from ragtrain.metrics import MAF_BINS, bin_label, dosage_r2, minor_allele_dose, summarise
 from ragtrain.model import ModelConfig, RagImputer, batch_logits
-from stores import EmbeddingStore, StoreError, open_store
+from ragtrain.retrieval import RetrievalSpec
+from stores import EmbeddingStore, open_store
+from stores.errors import UserError
 
 
 @dataclass
 class FitOptions:
+    """One fit. Architecture (`model_config`) and retrieval (`retrieval`) are fixed for a run's life; the
+    runtime settings below them may change on `--resume`."""
+
     store: str
     out: str
-    train_vcf: str | None = None
+    train: str | None = None  # a phased VCF of training queries (default: the panel, split by sample)
+    # architecture (with the store's BERT: ModelConfig)
     rag_mode: str = "precomputed"
-    k: int = 8
-    retrieval_flank: int = 2048
-    match_features: bool = True
     fusion: str = "aligned"
     fusion_layers: tuple[int, ...] = ()
     neighbour_alleles: bool = True
     adapter: bool = False
+    # retrieval
+    retrieval: RetrievalSpec = field(default_factory=RetrievalSpec)
+    # what the run trains and validates on: a resumed run must keep these
     mask: str = "random:0.3-0.8"
     val_mask: str = "array:8:0.05"
     val_fraction: float = 0.1
     seed: int = 1
+    # runtime
     epochs: int = 1
     max_steps: int | None = None
     stop_after: int | None = None  # stop this run (with a checkpoint) after so many steps; resume later
@@ -64,8 +65,28 @@ class FitOptions:
     device: str = "auto"
     checkpointing: bool = False
     encoder: str | None = None
-    retrieval: str = "auto"
     resume: bool = False
+    overwrite: bool = False
+
+    SPLIT = ("train", "val_fraction", "seed")
+
+    def __post_init__(self) -> None:
+        for option, value in (("--lr", self.lr), ("--clip", self.clip)):
+            if not value > 0:
+                raise UserError(option, f"{value} is not a positive number", f"give {option} above 0, e.g. 1e-3")
+        MaskSpec.parse(self.mask, option="--mask")
+        MaskSpec.parse(self.val_mask, option="--val-mask")
+
+    def model_config(self, bert: BertConfig) -> ModelConfig:
+        return ModelConfig(bert=bert, rag_mode=self.rag_mode, fusion=self.fusion,  # type: ignore[arg-type]
+                           fusion_layers=tuple(self.fusion_layers), neighbour_alleles=self.neighbour_alleles,
+                           adapter=self.adapter)
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["retrieval"] = self.retrieval.to_dict()
+        data["fusion_layers"] = list(self.fusion_layers)
+        return data
 
 
 @dataclass
@@ -87,31 +108,46 @@ def query_encoder(store: EmbeddingStore, encoder: str | None) -> Bert:
     elif Path(meta.encoder_source).exists():
         bert = load_bert_checkpoint(meta.encoder_source)
     else:
-        raise StoreError(f"{store.url}: encoded with {meta.encoder_source}, which is not here; "
-                         "fix: pass --encoder CHECKPOINT (the one the store was encoded with)")
+        raise UserError(store.url, f"encoded with {meta.encoder_source}, which is not here",
+                        "pass --encoder CHECKPOINT (the one the store was encoded with)")
     found = fingerprint(bert)
     if found != meta.encoder_fingerprint or bert.config.d_memory != store.d_memory:
-        raise StoreError(
-            f"{store.url}: encoder fingerprint {meta.encoder_fingerprint} (d_model {meta.d_model}, d_memory "
+        raise UserError(
+            store.url, f"encoder fingerprint {meta.encoder_fingerprint} (d_model {meta.d_model}, d_memory "
             f"{meta.d_memory}) does not match the model's {found} (d_model {bert.config.d_model}, d_memory "
-            f"{bert.config.d_memory}); fix: re-encode with `ragprep encode --encoder CKPT --overwrite`, "
-            "or pass the encoder the store was made with"
-        )
+            f"{bert.config.d_memory})",
+            "re-encode with `ragprep encode --encoder CKPT --overwrite`, or pass the encoder the store was made with")
     return bert
 
 
-def load_queries(store: EmbeddingStore, panel_haps: np.ndarray, options: FitOptions) -> tuple[QuerySet, QuerySet]:
-    """(train, validation) queries: the panel split by sample, or --train samples (validation from the panel)."""
-    n_samples = panel_haps.shape[0] // 2
+def load_queries(store: EmbeddingStore, panel_alleles: np.ndarray, options: FitOptions) -> tuple[QuerySet, QuerySet]:
+    """(train, validation) queries: the panel split by sample, or the --train samples less any validation sample
+    (validation always comes from the panel)."""
+    n_samples = panel_alleles.shape[0] // 2
     train_samples, val_samples = split_samples(n_samples, options.val_fraction, options.seed)
-    if options.train_vcf is None:
-        return panel_queries(panel_haps, train_samples), panel_queries(panel_haps, val_samples)
+    validation = panel_queries(panel_alleles, val_samples)
+    if options.train is None:
+        return panel_queries(panel_alleles, train_samples), validation
     from ragtrain.targets import load_targets
 
-    targets = load_targets(options.train_vcf, store)
-    console.print(targets.summary())
-    train = external_queries(targets.alleles, targets.sample_ids, store.sample_ids, key_offset=n_samples)
-    return train, panel_queries(panel_haps, val_samples)
+    targets = load_targets(options.train, store)
+    keep = ~np.isin(targets.sample_ids, store.sample_ids[val_samples])
+    console.print(f"{targets.summary()}; {int((~keep).sum())} samples left out (validation samples of the panel)")
+    if not keep.any():
+        raise UserError(options.train, "every sample is a validation sample of the panel",
+                        "give training samples that are not held out, or change --seed / --val-fraction")
+    haplotypes = np.repeat(keep, 2)
+    train = external_queries(targets.alleles[:, haplotypes], targets.sample_ids[keep], store.sample_ids,
+                             key_offset=n_samples)
+    return train, validation
+
+
+def hide_for_validation(queries: QuerySet, spec: MaskSpec, seed: int, af: np.ndarray) -> tuple[QuerySet, np.ndarray]:
+    """Validation queries as impute sees targets: one mask a sample over the whole panel (an array types the same
+    sites everywhere), fixed across evaluations. Returns the masked queries and bool [Q, sites] hidden."""
+    masks = {int(key): mask_for(spec, seed, VALIDATION_EPOCH, int(key), -1, af) for key in np.unique(queries.sample_key)}
+    hidden = np.stack([masks[int(key)] for key in queries.sample_key]) if len(queries) else np.zeros((0, af.size), bool)
+    return QuerySet(apply_mask(queries.alleles, hidden), queries.sample_key, queries.exclude), hidden
 
 
 def lr_lambda(warmup: int, total: int):
@@ -131,6 +167,23 @@ def masked_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, 2), labels.reshape(-1), ignore_index=IGNORE)
 
 
+def train_step(model: RagImputer, optimizer: torch.optim.Optimizer, batches: Iterable[Batch], device: torch.device,
+               clip: float) -> float:
+    """One optimizer step over host batches (more than one: gradient accumulation); the mean loss. The step
+    `ragtrain fit` takes and `ragtrain bench` times."""
+    batches = list(batches)
+    losses = []
+    for batch in batches:
+        batch = batch.to(device)
+        loss = masked_loss(batch_logits(model, batch), batch.labels)
+        (loss / len(batches)).backward()
+        losses.append(float(loss.detach()))
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(np.mean(losses))
+
+
 class Trainer:
     """Owns model, optimiser, schedule and data for one fit; `run` trains, evaluates and checkpoints."""
 
@@ -138,31 +191,31 @@ class Trainer:
         self.options = options
         self.device = resolve_device(options.device)
         self.store = open_store(options.store)
+        self.out = Path(options.out)
+        _check_out(self.out, options)
         bert = query_encoder(self.store, options.encoder)
-        self.config = ModelConfig(bert=bert.config, rag_mode=options.rag_mode, k=options.k,
-                                  retrieval_flank=options.retrieval_flank, match_features=options.match_features,
-                                  fusion=options.fusion,
-                                  fusion_layers=tuple(options.fusion_layers),
-                                  neighbour_alleles=options.neighbour_alleles, adapter=options.adapter,
-                                  checkpointing=options.checkpointing)
+        self.config, self.retrieval = options.model_config(bert.config), options.retrieval
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)
-            self.model = RagImputer(self.config)
+            self.model = RagImputer(self.config, match_features=self.retrieval.match_features)
         self.model.bert.load_state_dict(bert.state_dict())
+        self.model.bert.gradient_checkpointing = options.checkpointing
         self.model.to(self.device)
-        self.panel_haps = self.store.haplotypes(0, int(self.store.positions.size))
-        self.train_queries, self.val_queries = load_queries(self.store, self.panel_haps, options)
+        self.panel_alleles = self.store.alleles()
+        self.train_queries, val_queries = load_queries(self.store, self.panel_alleles, options)
         self.mask = MaskSpec.parse(options.mask)
-        self.val_mask = MaskSpec.parse(options.val_mask)
+        self.val_truth = val_queries.alleles
+        self.val_queries, self.val_hidden = hide_for_validation(val_queries, MaskSpec.parse(options.val_mask),
+                                                                options.seed, self.store.af)
+        self.imputer = Imputer(self.model, self.retrieval, self.store, self.device, batch_size=options.batch_size,
+                               panel_alleles=self.panel_alleles)
         self.batches_per_epoch = len(epoch_plan(self.store.n_windows, len(self.train_queries), options.batch_size,
                                                 options.seed, 0))
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / options.accumulate)
         self.total_steps = options.max_steps or options.epochs * self.steps_per_epoch
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(options.warmup, self.total_steps))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)  # bf16 needs no loss scaling
         self.step, self.epoch, self.batch_in_epoch, self.best_r2 = 0, 0, 0, -math.inf
-        self.out = Path(options.out)
         self.out.mkdir(parents=True, exist_ok=True)
         if options.resume:
             self.load(self.out / "last.pt")
@@ -172,51 +225,52 @@ class Trainer:
         return {
             "bert_config": self.config.bert.to_dict(),
             "model_config": self.config.to_dict(),
+            "retrieval": self.retrieval.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "progress": {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                          "best_r2": self.best_r2},
             "store_fingerprint": self.store.meta.encoder_fingerprint,
-            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.options).items()},
+            "options": self.options.to_dict(),
         }
 
     def save(self, name: str) -> Path:
-        """Atomic: write a temporary file beside the target, then rename over it."""
         path = self.out / name
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
+        save_atomic(self.state(), path)
         return path
 
     def load(self, path: Path) -> None:
+        """Continue from `path`: the same architecture, retrieval, split and masks; runtime settings may change."""
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no checkpoint to resume; fix: run without --resume first")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if ckpt["store_fingerprint"] != self.store.meta.encoder_fingerprint:
-            raise StoreError(f"{path}: trained on a store with encoder {ckpt['store_fingerprint']}, but "
-                             f"{self.store.url} has {self.store.meta.encoder_fingerprint}; fix: resume with its store")
-        if ModelConfig.from_dict(ckpt["model_config"]) != self.config:
-            raise ValueError(f"{path}: model settings differ from this command's; fix: resume with the same options")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        progress = ckpt["progress"]
+            raise UserError(path, "no checkpoint to resume", "run without --resume first")
+        ckpt = load_checkpoint(path, self.store, option="--resume")
+        saved = ckpt.state.get("options", {})
+        changed = ckpt.model_config.differences(self.config) + ckpt.retrieval.differences(self.retrieval)
+        changed += [f"{name} {saved.get(name)} vs {getattr(self.options, name)}"
+                    for name in (*FitOptions.SPLIT, "mask", "val_mask") if saved.get(name) != getattr(self.options, name)]
+        if changed:
+            raise UserError(path, f"trained with other settings ({'; '.join(changed)}: checkpoint vs this command)",
+                            "resume with the run's settings, or start a new run in another --out")
+        self.model.load_state_dict(ckpt.state["model"])
+        self.optimizer.load_state_dict(ckpt.state["optimizer"])
+        self.scheduler.load_state_dict(ckpt.state["scheduler"])
+        self.scheduler.base_lrs = [self.options.lr for _ in self.scheduler.base_lrs]  # this command's runtime
+        for group in self.optimizer.param_groups:  # settings win over the saved ones
+            group["weight_decay"] = self.options.weight_decay
+        torch.set_rng_state(ckpt.state["rng"]["torch"])
+        if ckpt.state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt.state["rng"]["cuda"])
+        progress = ckpt.state["progress"]
         self.step, self.epoch = progress["step"], progress["epoch"]
         self.batch_in_epoch, self.best_r2 = progress["batch_in_epoch"], progress["best_r2"]
 
     # --- training ---------------------------------------------------------------------------------------
-    def builder(self, queries: QuerySet, mask: MaskSpec) -> BatchBuilder:
-        return BatchBuilder(self.store, self.panel_haps, queries, mask, self.options.seed, self.options.k,
-                            self.options.rag_mode, self.options.retrieval, self.options.retrieval_flank,
-                            self.options.match_features)
+    def builder(self) -> BatchBuilder:
+        return BatchBuilder(self.store, self.panel_alleles, self.train_queries, retrieval=self.retrieval,
+                            rag_mode=self.config.rag_mode, mask=self.mask, seed=self.options.seed)
 
     def train_items(self):
         """(epoch, window, query ids) from the current position on, epoch after epoch."""
@@ -231,8 +285,7 @@ class Trainer:
     def run(self) -> FitResult:
         o = self.options
         stop_at = self.total_steps if o.stop_after is None else min(self.total_steps, self.step + o.stop_after)
-        prefetch = Prefetcher(self.builder(self.train_queries, self.mask), self.train_items(),
-                              pin=self.device.type == "cuda")
+        prefetch = Prefetcher(self.builder(), self.train_items(), pin=self.device.type == "cuda")
         metrics: dict = {}
         started, start_step, eval_seconds = time.perf_counter(), self.step, 0.0
         losses: list[float] = []
@@ -240,21 +293,17 @@ class Trainer:
         self.model.train()
         try:
             with progress_bar(columns) as bar:
-                task = bar.add_task(f"fit {o.rag_mode}", total=self.total_steps, completed=self.step, loss=0.0,
-                                    rate=0.0, wait=0.0)
+                task = bar.add_task(f"fit {self.config.rag_mode}", total=self.total_steps, completed=self.step,
+                                    loss=0.0, rate=0.0, wait=0.0)
                 batches = iter(prefetch)
                 while self.step < stop_at:
+                    micro = []
                     for _ in range(o.accumulate):
-                        batch = next(batches).to(self.device)
-                        loss = masked_loss(batch_logits(self.model, batch), batch.labels)
-                        (loss / o.accumulate).backward()
-                        losses.append(float(loss.detach()))
+                        micro.append(next(batches))
                         self.batch_in_epoch += 1
                         if self.batch_in_epoch == self.batches_per_epoch:
                             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                    losses.append(train_step(self.model, self.optimizer, micro, self.device, o.clip))
                     self.scheduler.step()
                     self.step += 1
                     training = time.perf_counter() - started - eval_seconds  # validation excluded
@@ -273,53 +322,42 @@ class Trainer:
                          prefetch.wait_seconds / training)
 
     def evaluate_and_checkpoint(self, train_loss: float, data_wait: float) -> dict:
+        """Validate, log, and write last.pt; best.pt when validation r2 is the best so far (without validation
+        samples, best.pt is the latest checkpoint)."""
         metrics = self.validate()
         metrics.update(step=self.step, epoch=self.epoch, train_loss=train_loss, data_wait=data_wait,
                        lr=self.scheduler.get_last_lr()[0])
         self.log(metrics)
-        if metrics["r2_all"] > self.best_r2 or not (self.out / "best.pt").exists():
-            self.best_r2 = max(self.best_r2, metrics["r2_all"])
+        r2 = metrics.get("r2_all", math.nan)
+        better = r2 > self.best_r2  # False for NaN
+        self.best_r2 = r2 if better else self.best_r2
+        if better or not metrics or not (self.out / "best.pt").exists():
             self.save("best.pt")
         self.save("last.pt")
         return metrics
 
-    @torch.no_grad()
     def validate(self) -> dict:
-        """Masked-site accuracy, loss, and dosage r2 by MAF bin on the validation samples, fixed mask."""
-        self.model.eval()
-        queries = self.val_queries
-        builder = self.builder(queries, self.val_mask)
-        n_sites = self.panel_haps.shape[1]
-        prob = np.full((len(queries), n_sites), np.nan, dtype=np.float32)
-        core_start, core_end = self.store.windows["window_core_start"], self.store.windows["window_core_end"]
-        losses, correct, scored = [], 0, 0
-        items = ((VALIDATION_EPOCH, w, ids) for w, ids in validation_plan(self.store.n_windows, len(queries),
-                                                                         self.options.batch_size))
-        for batch in Prefetcher(builder, items):
-            batch = batch.to(self.device)
-            logits = batch_logits(self.model, batch).float()
-            scored_mask = batch.labels != IGNORE
-            losses.append(float(masked_loss(logits, batch.labels)) * int(scored_mask.sum()))
-            correct += int(((logits.argmax(-1) == batch.labels) & scored_mask).sum())
-            scored += int(scored_mask.sum())
-            p_alt = torch.softmax(logits, -1)[..., 1].cpu().numpy()
-            start, lo, hi = int(builder.starts[batch.window]), int(core_start[batch.window]), int(core_end[batch.window])
-            hidden = scored_mask.cpu().numpy()[:, lo - start:hi - start]
-            block = prob[batch.query_ids, lo:hi]
-            block[hidden] = p_alt[:, lo - start:hi - start][hidden]
-            prob[batch.query_ids, lo:hi] = block
-        dosage = prob[0::2] + prob[1::2]  # haplotypes of a sample are adjacent; both share the sample's mask
-        truth = (queries.alleles[0::2] + queries.alleles[1::2]).astype(np.float32)
+        """Loss, accuracy, and dosage r2 by MAF bin at the validation samples' hidden sites, from the stitched
+        probabilities `ragtrain impute` would write. Empty without validation samples."""
+        if len(self.val_queries) == 0:
+            return {}
+        prob = self.imputer.probabilities(self.val_queries, show_progress=False).T  # [Q, sites]
+        truth = self.val_truth
+        scored = self.val_hidden & (truth >= 0)
+        p_true = np.clip(np.where(truth == 1, prob, 1 - prob)[scored], 1e-7, 1.0)
+        hap_dose = np.where(scored, prob, np.nan)
+        dosage = hap_dose[0::2] + hap_dose[1::2]  # a sample's haplotypes are adjacent and share its mask
+        counts = np.where(scored[0::2] & scored[1::2], truth[0::2] + truth[1::2], -1).astype(np.float32)
         af = self.store.af
-        table = summarise(dosage.T, truth.T, np.minimum(af, 1 - af), af=af)
-        r2_all = dosage_r2(*minor_allele_dose(dosage.T, truth.T, af))
-        metrics = {"val_loss": sum(losses) / max(scored, 1), "val_accuracy": correct / max(scored, 1),
-                   "r2_all": r2_all if not math.isnan(r2_all) else 0.0}
+        table = summarise(dosage.T, counts.T, np.minimum(af, 1 - af), af=af)
+        r2_all = dosage_r2(*minor_allele_dose(dosage.T, counts.T, af))
+        metrics = {"val_loss": float(-np.log(p_true).mean()) if p_true.size else math.nan,
+                   "val_accuracy": float((p_true > 0.5).mean()) if p_true.size else math.nan, "r2_all": r2_all}
         for row in table:
             metrics[f"r2 {row['bin']}"] = row["r2"]
         nonref = sum(row["n_nonref"] for row in table)
         agree = sum(row["nonref_concordance"] * row["n_nonref"] for row in table if row["n_nonref"])
-        metrics["nonref_concordance"] = agree / nonref if nonref else float("nan")
+        metrics["nonref_concordance"] = agree / nonref if nonref else math.nan
         return metrics
 
     def log(self, metrics: dict) -> None:
@@ -347,6 +385,22 @@ class Trainer:
             except ImportError:  # tensorboard not installed: CSV only
                 self._tb = None
         return self._tb
+
+
+def _check_out(out: Path, options: FitOptions) -> None:
+    """A run folder holding an earlier run is continued (--resume) or replaced (--overwrite), never mixed."""
+    if out.exists() and not out.is_dir():
+        raise UserError(out, "is a file, not a run folder", "pass --out a folder (new or empty)")
+    earlier = out.is_dir() and any(out.iterdir())
+    if options.resume:
+        return
+    if earlier and not options.overwrite:
+        raise UserError(out, "holds an earlier run", "pass --resume to continue it, --overwrite to replace it, "
+                        "or another --out")
+    if earlier:
+        for name in ("last.pt", "best.pt", "metrics.csv"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
 
 
 def fit(options: FitOptions) -> FitResult:

@@ -1,9 +1,11 @@
-"""`ragtrain impute`: every panel site for every target haplotype, through fit's window plan, retrieval and model."""
+"""`ragtrain impute`: every panel site for every target haplotype, through the store's window plan, fit's retrieval
+and model. `Imputer` is the one way a trained model predicts (impute, fit's validation, benchmarks)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -12,11 +14,13 @@ import torch
 
 from ragprep.encode import resolve_device
 from ragprep.progress import console, progress_bar
-from ragtrain.data import BatchBuilder, Prefetcher, QuerySet, external_queries, validation_plan
-from ragtrain.model import ModelConfig, RagImputer, batch_logits
+from ragtrain.checkpoint import load_checkpoint
+from ragtrain.data import BatchBuilder, Prefetcher, QuerySet, external_queries, inference_plan
+from ragtrain.model import RagImputer, batch_logits
+from ragtrain.retrieval import RetrievalSpec
 from ragtrain.targets import load_targets
 from ragtrain.vcf_writer import Sites, write_imputed_vcf
-from stores import EmbeddingStore, StoreError, open_store
+from stores import EmbeddingStore, open_store
 
 Stitch = Literal["core", "average"]
 
@@ -34,63 +38,68 @@ class ImputeReport:
         return self.samples * self.sites / max(self.seconds, 1e-9)
 
 
-def load_model(path: str | Path, store: EmbeddingStore, device: torch.device) -> RagImputer:
-    """A trained imputer from a `ragtrain fit` checkpoint (weights_only), checked against the store."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "model_config" not in ckpt:
-        raise ValueError(f"{path}: not a ragtrain checkpoint; fix: pass OUT/best.pt or OUT/last.pt of `ragtrain fit`")
-    if ckpt["store_fingerprint"] != store.meta.encoder_fingerprint:
-        raise StoreError(f"{path}: trained on a store with encoder {ckpt['store_fingerprint']}, but {store.url} "
-                         f"has {store.meta.encoder_fingerprint}; fix: impute with the store the model was trained on")
-    model = RagImputer(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval()
+class Imputer:
+    """A trained model against its store: stitched P(ALT) for query haplotypes, as `ragtrain impute` writes
+    them. Fit's validation and the benchmarks use the same object, so validation scores what impute writes."""
 
+    def __init__(self, model: RagImputer, retrieval: RetrievalSpec, store: EmbeddingStore, device: torch.device,
+                 batch_size: int = 64, stitch: Stitch = "average", panel_alleles: np.ndarray | None = None) -> None:
+        self.model, self.retrieval, self.store, self.device = model, retrieval, store, device
+        self.batch_size, self.stitch = batch_size, stitch
+        self._panel = panel_alleles
 
-@torch.no_grad()
-def haplotype_probabilities(model: RagImputer, store: EmbeddingStore, queries: QuerySet, device: torch.device,
-                            batch_size: int = 64, stitch: Stitch = "average", retrieval: str = "auto") -> np.ndarray:
-    """P(ALT) float32 [sites, haplotypes]. Overlaps: the window whose core holds a site wins ("core"), or the
-    probabilities of every window covering it are averaged ("average")."""
-    panel_haps = store.haplotypes(0, int(store.positions.size))
-    config = model.config
-    builder = BatchBuilder(store, panel_haps, queries, None, 0, config.k, config.rag_mode, retrieval,
-                           config.retrieval_flank, config.match_features)
-    n_sites = panel_haps.shape[1]
-    total = np.zeros((n_sites, len(queries)), dtype=np.float64)
-    windows = store.windows
-    count = np.ones((n_sites, 1))
-    if stitch == "average":  # how many windows cover each site
-        count = np.zeros((n_sites, 1))
-        for start, length in zip(windows["window_start"], windows["window_length"]):
-            count[start:start + length] += 1
-    plan = validation_plan(store.n_windows, len(queries), batch_size)
-    with progress_bar() as bar:
-        task = bar.add_task("impute", total=len(plan))
-        for batch in Prefetcher(builder, ((0, w, ids) for w, ids in plan), pin=device.type == "cuda"):
-            batch = batch.to(device)
-            p_alt = torch.softmax(batch_logits(model, batch).float(), dim=-1)[..., 1].cpu().numpy().T  # [L, B]
-            start, length = int(windows["window_start"][batch.window]), int(windows["window_length"][batch.window])
-            if stitch == "core":
-                lo, hi = int(windows["window_core_start"][batch.window]), int(windows["window_core_end"][batch.window])
-            else:
-                lo, hi = start, start + length
-            total[lo:hi, batch.query_ids] += p_alt[lo - start:hi - start]
-            bar.advance(task)
-    return (total / count).astype(np.float32)
+    @classmethod
+    def load(cls, path: str | Path, store: EmbeddingStore, device: torch.device, backend: str | None = None,
+             **kwargs) -> Imputer:
+        """From a `ragtrain fit` checkpoint; `backend` overrides the retrieval backend (same neighbours)."""
+        ckpt = load_checkpoint(path, store)
+        model = RagImputer(ckpt.model_config, match_features=ckpt.retrieval.match_features)
+        model.load_state_dict(ckpt.state["model"])
+        retrieval = ckpt.retrieval if backend is None else replace(ckpt.retrieval, backend=backend)
+        return cls(model.to(device), retrieval, store, device, **kwargs)
+
+    def panel_alleles(self) -> np.ndarray:
+        if self._panel is None:
+            self._panel = self.store.alleles()
+        return self._panel
+
+    @torch.no_grad()
+    def probabilities(self, queries: QuerySet, show_progress: bool = True) -> np.ndarray:
+        """P(ALT) float32 [sites, queries]; queries carry -1 at the sites to impute. Overlaps: the window whose
+        core holds a site wins ("core"), or every window covering it is averaged ("average")."""
+        plan, was_training = self.store.plan, self.model.training
+        self.model.eval()
+        builder = BatchBuilder(self.store, self.panel_alleles(), queries, retrieval=self.retrieval,
+                               rag_mode=self.model.config.rag_mode)
+        total = np.zeros((plan.n_sites, len(queries)), dtype=np.float64)
+        count = plan.coverage()[:, None] if self.stitch == "average" else np.ones((plan.n_sites, 1))
+        items = inference_plan(plan.n_windows, len(queries), self.batch_size)
+        bar = progress_bar() if show_progress else nullcontext()  # fit's validation runs inside fit's own bar
+        with bar:
+            task = bar.add_task("impute", total=len(items)) if show_progress else None
+            for batch in Prefetcher(builder, ((0, w, ids) for w, ids in items), pin=self.device.type == "cuda"):
+                batch = batch.to(self.device)
+                p_alt = torch.softmax(batch_logits(self.model, batch).float(), dim=-1)[..., 1].cpu().numpy().T
+                span = plan.sites(batch.window)
+                keep = plan.core(batch.window) if self.stitch == "core" else span
+                total[keep, batch.query_ids] += p_alt[keep.start - span.start:keep.stop - span.start]
+                if show_progress:
+                    bar.advance(task)
+        self.model.train(was_training)
+        return (total / count).astype(np.float32)
 
 
 def impute(target_vcf: str, store_url: str, model_path: str, out: str, device: str = "auto", batch_size: int = 64,
-           stitch: Stitch = "average", region: str | None = None, retrieval: str = "auto") -> ImputeReport:
+           stitch: Stitch = "average", region: str | None = None, retrieval: str | None = None) -> ImputeReport:
     started = time.perf_counter()
     torch_device = resolve_device(device)
     store = open_store(store_url)
-    model = load_model(model_path, store, torch_device)
+    imputer = Imputer.load(model_path, store, torch_device, backend=retrieval, batch_size=batch_size, stitch=stitch)
     targets = load_targets(target_vcf, store, region=region)
     console.print(targets.summary())
     queries = external_queries(targets.alleles, targets.sample_ids, store.sample_ids)
-    prob = haplotype_probabilities(model, store, queries, torch_device, batch_size, stitch, retrieval)
-    path = write_imputed_vcf(out, Sites.from_store(store, targets.contig_length), targets.sample_ids, prob, targets.typed, targets.alleles,
-                             source=f"ragsnv impute --model {model_path}")
+    prob = imputer.probabilities(queries)
+    path = write_imputed_vcf(out, Sites.from_store(store, targets.contig_length), targets.sample_ids, prob,
+                             targets.typed, targets.alleles, source=f"ragsnv impute --model {model_path}")
     return ImputeReport(path, len(targets.sample_ids), prob.shape[0], int(targets.typed.sum()),
                         time.perf_counter() - started)

@@ -1,15 +1,16 @@
 """Training masks: which sites of a (sample, window) are hidden from the model and scored.
 
 Every mask is a pure function of (seed, epoch, sample, window) and the window's AF: it draws from its own
-generator, seeded from those integers, and never from global numpy/torch RNG state. So DataLoader workers,
-processes and resumed runs all draw the same mask for the same example, and the query tokens and the
-retrieval key are built from the same masked alleles (`apply_mask`; DESIGN.md section 7).
+generator, seeded from those integers, and never from global numpy/torch RNG state. So the prefetch thread,
+other processes and resumed runs all draw the same mask for the same example, and the query tokens and the
+retrieval key are built from the same masked alleles (`apply_mask`).
 
 Both haplotypes of a sample share one mask (a SNP array types both haplotypes at the same sites).
 
 How the trainer uses `epoch`: training examples pass the epoch number (0, 1, 2, ...), so each epoch sees a
-fresh mask of each example; validation examples pass `VALIDATION_EPOCH`, so their masks are the same in every
-epoch (and in every run with the same seed), and validation metrics compare like with like.
+fresh mask of each example; validation passes `VALIDATION_EPOCH` and window -1 (one mask a sample over the
+whole panel, as an array types the same sites everywhere), so its masks are the same in every evaluation (and
+in every run with the same seed), and validation metrics compare like with like.
 
 Mask kinds (`MaskSpec.parse`):
 - ``random:LO-HI`` (or ``random:R``): a ratio r ~ U[LO, HI] per (sample, window); round(r * n) of the n real
@@ -31,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stores.errors import UserError
+
 VALIDATION_EPOCH = -1
 """The `epoch` validation masks are drawn with: fixed across training epochs (see module docstring)."""
 
@@ -39,7 +42,7 @@ AF_SMOOTH = 0.05
 
 _STREAM = 0x6D61736B  # "mask": keeps these streams apart from other users of the same seed
 
-_FORMS = "expected random:LO-HI (e.g. random:0.3-0.8), af:LO-HI (e.g. af:0.3-0.8) or array:N:MAF (e.g. array:10:0.05)"
+_FORMS = "write random:LO-HI (e.g. random:0.3-0.8), af:LO-HI (e.g. af:0.3-0.8) or array:N:MAF (e.g. array:10:0.05)"
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 
@@ -65,27 +68,24 @@ class MaskSpec:
             raise ValueError(f"array mask MAF threshold must be in [0, 0.5], got {self.min_maf}")
 
     @classmethod
-    def parse(cls, text: str) -> MaskSpec:
+    def parse(cls, text: str, option: str = "--mask") -> MaskSpec:
         """'random:0.3-0.8', 'random:0.5', 'af:0.3-0.8', 'array:10:0.05' or 'array:10' -> MaskSpec.
 
-        Raises ValueError with a one-line message naming the accepted forms.
+        Raises a UserError naming `option` and the accepted forms.
         """
         raw = text.strip().lower()
         ratio = re.fullmatch(rf"(random|af):{_NUMBER}(?:-{_NUMBER})?", raw)
-        if ratio:
-            kind, lo, hi = ratio.group(1), float(ratio.group(2)), float(ratio.group(3) or ratio.group(2))
-            try:
-                return cls(kind, lo=lo, hi=hi)
-            except ValueError as err:
-                raise ValueError(f"bad mask {text!r}: {err}") from None
         array = re.fullmatch(rf"array:(\d+)(?::{_NUMBER})?", raw)
-        if array:
-            min_maf = float(array.group(2)) if array.group(2) is not None else cls.min_maf
-            try:
+        try:
+            if ratio:
+                lo, hi = float(ratio.group(2)), float(ratio.group(3) or ratio.group(2))
+                return cls(ratio.group(1), lo=lo, hi=hi)
+            if array:
+                min_maf = float(array.group(2)) if array.group(2) is not None else cls.min_maf
                 return cls("array", every=int(array.group(1)), min_maf=min_maf)
-            except ValueError as err:
-                raise ValueError(f"bad mask {text!r}: {err}") from None
-        raise ValueError(f"bad mask {text!r}: {_FORMS}")
+        except ValueError as err:
+            raise UserError(option, f"bad mask {text!r}: {err}", _FORMS) from None
+        raise UserError(option, f"bad mask {text!r}", _FORMS)
 
     def __str__(self) -> str:
         if self.kind == "array":
@@ -141,12 +141,6 @@ def _array_masked(rng: np.random.Generator, maf: np.ndarray, every: int, min_maf
     if not masked.any():  # every site kept (every=1, all common): score at least one
         masked[rng.integers(n)] = True
     return masked
-
-
-def masks_for(spec: MaskSpec, seed: int, epoch: int, samples: np.ndarray, window: int, af: np.ndarray,
-              valid: np.ndarray | None = None) -> np.ndarray:
-    """bool [len(samples), n_sites]: `mask_for` of each sample in one window (a window-major batch)."""
-    return np.stack([mask_for(spec, seed, epoch, int(s), window, af, valid) for s in np.asarray(samples)])
 
 
 def apply_mask(alleles: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -20,10 +20,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ragprep.model import VOCAB, Attention, Bert, BertConfig, attention_mask
 from ragtrain.retrieval import MATCH_BUCKETS
+from stores.errors import UserError
 
 RagMode = Literal["precomputed", "online", "none"]
 Fusion = Literal["aligned", "full"]
@@ -31,18 +31,21 @@ Fusion = Literal["aligned", "full"]
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The imputer's architecture (retrieval settings: `ragtrain.retrieval.RetrievalSpec`; runtime:
+    `ragtrain.fit.FitOptions`)."""
+
     bert: BertConfig = field(default_factory=BertConfig)
     rag_mode: RagMode = "precomputed"
-    k: int = 8
-    # data-side settings kept here so that impute retrieves as fit did; off by default so that checkpoints
-    # written before they existed load as they were trained (`ragtrain fit` turns both on)
-    retrieval_flank: int = 0  # sites each side of a window whose observed alleles also key retrieval
-    match_features: bool = False  # embed how far each neighbour matches the query around each site
     fusion: Fusion = "aligned"
     fusion_layers: tuple[int, ...] = ()  # empty: after every layer
     neighbour_alleles: bool = True
     adapter: bool = False
-    checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        outside = [i for i in self.fusion_layers if not 0 <= i < self.bert.n_layers]
+        if outside:
+            raise UserError("--fusion-layers", f"layers {outside} do not exist (the model has layers 0.."
+                            f"{self.bert.n_layers - 1})", f"choose layers between 0 and {self.bert.n_layers - 1}")
 
     @property
     def layers_fused(self) -> tuple[int, ...]:
@@ -62,16 +65,24 @@ class ModelConfig:
         values["fusion_layers"] = tuple(data.get("fusion_layers", ()))
         return cls(**values)
 
+    def differences(self, other: ModelConfig) -> list[str]:
+        """Field by field (the BERT's too), e.g. ['bert.d_model 64 vs 32', 'fusion aligned vs full']."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        found = [f"bert.{k} {v} vs {theirs['bert'].get(k)}" for k, v in mine.pop("bert").items()
+                 if theirs["bert"].get(k) != v]
+        theirs.pop("bert")
+        return found + [f"{k} {v} vs {theirs.get(k)}" for k, v in mine.items() if theirs.get(k) != v]
+
 
 class NeighbourMemory(nn.Module):
     """The neighbours' memory as keys/values see it, built once for all fused layers, in the memory dim:
     LN(stored state + embedding of the neighbour's allele), plus an optional light adapter (LUMEN-style)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, match_features: bool) -> None:
         super().__init__()
         d = config.bert.d_memory
         self.alleles = nn.Embedding(VOCAB, d) if config.neighbour_alleles else None
-        self.match = nn.Embedding(MATCH_BUCKETS, d) if config.match_features else None
+        self.match = nn.Embedding(MATCH_BUCKETS, d) if match_features else None
         self.adapter = (nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
                         if config.adapter else None)
         self.norm = nn.LayerNorm(d)
@@ -118,13 +129,16 @@ class MemoryFusion(nn.Module):
 
 
 class RagImputer(nn.Module):
-    """Logits [B, L, 2] (REF, ALT) for every site of a query window."""
+    """Logits [B, L, 2] (REF, ALT) for every site of a query window.
 
-    def __init__(self, config: ModelConfig) -> None:
+    `match_features` (a retrieval setting) adds the embedding of the neighbours' match lengths to the memory.
+    """
+
+    def __init__(self, config: ModelConfig, match_features: bool = True) -> None:
         super().__init__()
         self.config = config
         self.bert = Bert(config.bert)
-        self.memory = NeighbourMemory(config) if config.rag_mode != "none" else None
+        self.neighbour_memory = NeighbourMemory(config, match_features) if config.rag_mode != "none" else None
         self.fusions = nn.ModuleDict({str(i): MemoryFusion(config) for i in config.layers_fused})
         self.head = nn.Linear(config.bert.d_model, 2)
 
@@ -135,31 +149,22 @@ class RagImputer(nn.Module):
         here from neighbour_tokens [B, k, L] through the trainable BERT); neighbour_match [B, k, L] buckets."""
         if self.config.rag_mode == "online":
             memory = self.online_memory(neighbour_tokens, af, valid)
-        if self.memory is not None:
-            memory = self.memory(memory, neighbour_tokens, neighbour_match)
-        x = self.bert.embed(tokens, af)
-        mask = attention_mask(valid)
-        for i, block in enumerate(self.bert.blocks):
-            x = self._run(block, x, mask)
-            if str(i) in self.fusions:
-                x = self.fusions[str(i)](x, memory, valid)
-        return self.head(self.bert.norm(x))
+        if self.neighbour_memory is not None:
+            memory = self.neighbour_memory(memory, neighbour_tokens, neighbour_match)
+
+        def fuse(layer: int, x: torch.Tensor) -> torch.Tensor:
+            fusion = self.fusions[str(layer)] if str(layer) in self.fusions else None
+            return x if fusion is None else fusion(x, memory, valid)
+
+        return self.head(self.bert(tokens, af, valid, after_block=fuse if self.fusions else None))
 
     def online_memory(self, neighbour_tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """The research design: retrieved haplotypes through the trainable BERT, with gradients."""
         b, k, length = neighbour_tokens.shape
-        flat_af = af.repeat_interleave(k, dim=0)
         flat_valid = None if valid is None else valid.repeat_interleave(k, dim=0)
-        x = self.bert.embed(neighbour_tokens.reshape(b * k, length), flat_af)
-        mask = attention_mask(flat_valid)
-        for block in self.bert.blocks:
-            x = self._run(block, x, mask)
-        return self.bert.memory_proj(self.bert.norm(x)).reshape(b, k, length, -1)
-
-    def _run(self, block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        if self.config.checkpointing and self.training:
-            return checkpoint(block, x, mask, use_reentrant=False)
-        return block(x, mask)
+        memory = self.bert.encode_memory(neighbour_tokens.reshape(b * k, length), af.repeat_interleave(k, dim=0),
+                                         flat_valid)
+        return memory.reshape(b, k, length, -1)
 
 
 def batch_logits(model: RagImputer, batch) -> torch.Tensor:

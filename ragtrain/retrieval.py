@@ -2,7 +2,7 @@
 
 Alleles are encoded +-1 (REF 0 -> -1, ALT 1 -> +1) and a masked or missing site (-1) -> 0. Then
 q . r = agreements - disagreements over the query's observed sites = n_observed - 2 * Hamming distance, so
-the largest inner products are exactly the smallest masked Hamming distances (DESIGN.md section 4). Scores
+the largest inner products are exactly the smallest masked Hamming distances. Scores
 are small integers, exact in float32 (and in TF32/bf16 inputs with fp32 accumulation).
 
 Backends: FAISS IndexFlatIP (GpuIndexFlatIP on a CUDA device when faiss has GPUs) or an exact torch path
@@ -16,12 +16,43 @@ may continue outside the candidates) is re-ranked exactly over all haplotypes by
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 
+from stores.errors import UserError
+
 Backend = Literal["auto", "faiss", "torch"]
+
+
+@dataclass(frozen=True)
+class RetrievalSpec:
+    """How neighbours are found and described: saved in every checkpoint, so impute retrieves as fit did.
+
+    k: neighbours a query window; flank: sites each side of a window whose observed alleles also key
+    retrieval (an array types ~1 % of sites, a few a window: too few to match on); match_features: give the
+    model each neighbour's match length around each site (`match_buckets`); backend: FAISS or torch, which
+    return identical neighbours (so it may differ between fit and impute).
+    """
+
+    k: int = 8
+    flank: int = 2048
+    match_features: bool = True
+    backend: Backend = "auto"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RetrievalSpec:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def differences(self, other: RetrievalSpec) -> list[str]:
+        """Settings that change which neighbours are found or what the model sees (not the backend)."""
+        return [f"{name} {getattr(self, name)} vs {getattr(other, name)}" for name in ("k", "flank", "match_features")
+                if getattr(self, name) != getattr(other, name)]
 
 FAISS_GPU_MAX_K = 2048  # GpuIndexFlat selects at most this many neighbours; larger searches use torch
 _CHUNK_ELEMENTS = 1 << 25  # torch path: at most this many query x haplotype scores at once
@@ -44,14 +75,6 @@ def _import_faiss():
     import faiss  # optional: pip install .[cpu] or .[gpu]
 
     return faiss
-
-
-def faiss_available() -> bool:
-    try:
-        _import_faiss()
-    except ImportError:
-        return False
-    return True
 
 
 def _faiss_gpus(faiss) -> int:
@@ -90,8 +113,9 @@ class WindowIndex:
             faiss = _import_faiss()
         except ImportError:
             if backend == "faiss":
-                raise ImportError("retrieval backend faiss: faiss is not installed; fix: `pip install .[cpu]` "
-                                  "(or `.[gpu]`), or use the torch backend") from None
+                raise UserError("--retrieval", "faiss is asked for but not installed",
+                                "`pip install faiss-cpu` (the project's [cpu] extra; [gpu] on CUDA), "
+                                "or use --retrieval torch (same results)") from None
             return "torch"
         if self.device.type == "cuda":
             if _faiss_gpus(faiss) > 0:

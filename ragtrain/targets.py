@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ragprep.errors import InputError
+from stores.errors import UserError
 from ragprep.vcf import MISSING, open_vcf, parse_region, read_panel
 from stores.reader import EmbeddingStore
 
@@ -74,7 +74,7 @@ def load_targets(path: str, store: EmbeddingStore, region: str | None = None) ->
     """Read phased diploid target genotypes from `path` and match them to `store`'s panel sites.
 
     `region` (CONTIG or CONTIG:START-END) must be on the store's contig; by default the whole contig is read,
-    so a genome-wide target file works. Raises InputError (one line: file, problem, fix) for unphased calls,
+    so a genome-wide target file works. Raises UserError (one line: file, problem, fix) for unphased calls,
     a contig the panel does not have, or no site in common with the panel.
     """
     contig = parse_region(region)[0] if region else store.contig
@@ -85,7 +85,7 @@ def load_targets(path: str, store: EmbeddingStore, region: str | None = None) ->
         raise _contig_error(path, header_contigs, store.contig)
     try:
         target = read_panel(path, region or store.contig, allow_missing=True, what="target")
-    except InputError as err:
+    except UserError as err:
         if err.problem.startswith(_NO_RECORDS) and not header_contigs:
             found = _record_contigs(path)
             if found and store.contig not in found:
@@ -109,7 +109,7 @@ def load_targets(path: str, store: EmbeddingStore, region: str | None = None) ->
     keep = same | swapped | flip_same | flip_swap
     recode = swapped | flip_swap
     if not keep.any():
-        raise InputError(
+        raise UserError(
             path, f"none of the target's {target.n_variants} sites on {target.contig} matches a panel site "
             f"(position, REF, ALT) of {store.url}",
             "check that target and panel use the same genome build and that the target is typed at panel sites",
@@ -146,9 +146,9 @@ def _complement(alleles: np.ndarray) -> np.ndarray:
     return np.where(is_base, np.char.translate(alleles, _COMPLEMENT), "")
 
 
-def _contig_error(path: str, found: list[str], panel_contig: str, what: str = "the target's contigs are") -> InputError:
+def _contig_error(path: str, found: list[str], panel_contig: str, what: str = "the target's contigs are") -> UserError:
     shown = ", ".join(found[:5]) + (f" (+{len(found) - 5} more)" if len(found) > 5 else "")
-    return InputError(
+    return UserError(
         path, f"{what} {shown} but the panel is on {panel_contig}",
         f"give the target's records on {panel_contig} (rename contigs with `bcftools annotate --rename-chrs` "
         "if only the naming differs, e.g. 22 vs chr22), or use a store built for that contig",

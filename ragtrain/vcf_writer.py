@@ -21,7 +21,7 @@ import numpy as np
 import pysam
 from pysam.libcbgzf import BGZFile
 
-from ragprep.errors import InputError
+from stores.errors import UserError
 from ragtrain.metrics import dr2_from_haplotypes
 from stores.reader import EmbeddingStore
 
@@ -70,7 +70,7 @@ def write_imputed_vcf(
     """
     out = Path(out)
     if not out.name.endswith(".vcf.gz"):
-        raise InputError(out, "the output must be a bgzipped VCF", "name it like imputed.vcf.gz")
+        raise UserError(out, "the output must be a bgzipped VCF", "name it like imputed.vcf.gz")
     if isinstance(sites, EmbeddingStore):
         sites = Sites.from_store(sites)
     sample_ids = [str(s) for s in sample_ids]

@@ -14,7 +14,8 @@ import numpy as np
 import zarr
 
 from stores import schema
-from stores.errors import StoreError
+from stores.errors import UserError
+from stores.plan import WindowPlan
 from stores.quantize import dequantize_int8
 from stores.writer import is_local, local_path
 
@@ -46,37 +47,47 @@ class EmbeddingStore:
         try:
             self.group = zarr.open_group(self.url, mode="r", storage_options=storage_options)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-            raise StoreError(f"{url}: no ragsnv store there; fix: create one with `ragprep encode`") from None
+            raise UserError(url, "no ragsnv store there", "create one with `ragprep encode`") from None
         attrs = self.group.attrs.get(schema.ATTRS_KEY)
         if not isinstance(attrs, dict):
-            raise StoreError(f"{url}: a Zarr group but not a ragsnv store; fix: create one with `ragprep encode`")
+            raise UserError(url, "a Zarr group but not a ragsnv store", "create one with `ragprep encode`")
         version = attrs.get("format_version")
         if version != schema.FORMAT_VERSION:
-            raise StoreError(
-                f"{url}: store format version {version}, this ragsnv reads version {schema.FORMAT_VERSION}; "
-                "fix: re-encode it with `ragprep encode --overwrite`"
-            )
+            raise UserError(url, f"store format version {version}, this ragsnv reads version {schema.FORMAT_VERSION}",
+                            "re-encode it with `ragprep encode --overwrite`")
         missing = [name for name in REQUIRED if name not in self.group]
         if missing:
-            raise StoreError(f"{url}: store lacks arrays {missing}; fix: re-encode it with `ragprep encode --overwrite`")
+            raise UserError(url, f"store lacks arrays {missing}", "re-encode it with `ragprep encode --overwrite`")
         self.meta = schema.StoreMeta.from_dict(attrs)
+        self._check_plan()
         self.embeddings = self.group[schema.EMBEDDINGS]
         self.scales = self.group[schema.EMBEDDING_SCALE] if self.meta.memory_dtype == "int8" else None
         self.mmap = use_mmap and is_local(self.url) and self.meta.compressor == "none" and not self.meta.sharded
         self._chunk = lru_cache(maxsize=8192)(self._open_chunk)
 
+    def _check_plan(self) -> None:
+        """The window arrays (kept for readers outside ragsnv) must say what the plan in the attributes says."""
+        plan = WindowPlan.from_dict(self.meta.window)
+        expected = {schema.WINDOW_START: plan.starts, schema.WINDOW_LENGTH: plan.lengths,
+                    schema.WINDOW_CORE_START: plan.core_starts, schema.WINDOW_CORE_END: plan.core_ends}
+        for name, values in expected.items():
+            if not np.array_equal(np.asarray(self.group[name][:]), values):
+                raise UserError(self.url, f"{name} disagrees with the window plan {plan.to_dict()}",
+                                "re-encode the store with `ragprep encode --overwrite`")
+
     # --- shape and completeness -------------------------------------------------------------------------
+    @cached_property
+    def plan(self) -> WindowPlan:
+        """The window plan the store was encoded with: every stage takes spans, cores and coverage from it."""
+        return WindowPlan.from_dict(self.meta.window)
+
     @property
     def n_windows(self) -> int:
-        return int(self.embeddings.shape[0])
+        return self.plan.n_windows
 
     @property
     def n_haplotypes(self) -> int:
         return int(self.embeddings.shape[1])
-
-    @property
-    def window_length(self) -> int:
-        return int(self.embeddings.shape[2])
 
     @property
     def d_memory(self) -> int:
@@ -89,7 +100,7 @@ class EmbeddingStore:
     def is_complete(self) -> bool:
         return bool(self.windows_done().all())
 
-    # --- panel and window plan --------------------------------------------------------------------------
+    # --- panel ------------------------------------------------------------------------------------------
     @cached_property
     def contig(self) -> str:
         return str(self.group[schema.CONTIG_ID][0])
@@ -111,26 +122,18 @@ class EmbeddingStore:
     def sample_ids(self) -> np.ndarray:
         return np.asarray(self.group[schema.SAMPLE_ID][:])
 
-    @cached_property
-    def windows(self) -> dict[str, np.ndarray]:
-        names = (schema.WINDOW_START, schema.WINDOW_LENGTH, schema.WINDOW_CORE_START, schema.WINDOW_CORE_END)
-        return {name: np.asarray(self.group[name][:]) for name in names}
-
-    def haplotypes(self, start: int, stop: int) -> np.ndarray:
-        """int8 [haplotypes, stop - start]: panel alleles of sites start..stop, haplotype-major."""
-        calls = np.asarray(self.group[schema.CALL_GENOTYPE][start:stop])
+    def alleles(self, sites: slice = slice(None)) -> np.ndarray:
+        """int8 [haplotypes, sites]: the panel's alleles (0 REF, 1 ALT), haplotype-major; haplotype h is allele
+        h % 2 of sample h // 2."""
+        calls = np.asarray(self.group[schema.CALL_GENOTYPE][sites])
         return np.ascontiguousarray(calls.reshape(calls.shape[0], -1).T)
-
-    def window_haplotypes(self, window: int) -> np.ndarray:
-        start = int(self.windows[schema.WINDOW_START][window])
-        return self.haplotypes(start, start + int(self.windows[schema.WINDOW_LENGTH][window]))
 
     # --- embeddings -------------------------------------------------------------------------------------
     def read_neighbours(self, window: int, haplotypes: np.ndarray) -> MemoryBlock:
         """Embeddings of `haplotypes` (any order, repeats allowed) in `window`, reading only their chunks."""
         ids = np.asarray(haplotypes, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.n_haplotypes):
-            raise IndexError(f"haplotype ids must be in 0..{self.n_haplotypes - 1}")
+            raise IndexError(f"haplotype ids must be in 0..{self.n_haplotypes - 1}")  # a caller's bug
         if self.mmap:
             scales = None if self.scales is None else self._gather_mmap(schema.EMBEDDING_SCALE, window, ids)
             return MemoryBlock(self._gather_mmap(schema.EMBEDDINGS, window, ids), scales)
@@ -157,8 +160,8 @@ class EmbeddingStore:
     def _chunk_layout(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
         """dtype and per-haplotype shape of one chunk of `name` (embeddings, or int8 scales)."""
         if name == schema.EMBEDDINGS:
-            return np.dtype(self.meta.memory_dtype), (self.window_length, self.d_memory)
-        return np.dtype("float16"), (self.window_length,)
+            return np.dtype(self.meta.memory_dtype), (self.plan.length, self.d_memory)
+        return np.dtype("float16"), (self.plan.length,)
 
     def _open_chunk(self, name: str, window: int, block: int) -> np.memmap:
         dtype, rest = self._chunk_layout(name)
@@ -171,6 +174,27 @@ class EmbeddingStore:
         total = self.embeddings.nbytes_stored()
         return total + (self.scales.nbytes_stored() if self.scales is not None else 0)
 
+    def bytes_per_haplotype_site(self) -> float:
+        """Stored bytes over the haplotype-sites of the windows written so far."""
+        sites = int(self.plan.lengths[self.windows_done()].sum()) * self.n_haplotypes
+        return self.bytes_on_disk() / max(sites, 1)
+
+    def summary(self) -> dict:
+        """What `ragprep inspect` reports: format, panel, windows done, encoder, dims, dtype, bytes on disk."""
+        meta, done = self.meta, self.windows_done()
+        return {
+            "store": self.url, "format_version": meta.format_version, "complete": bool(done.all()),
+            "contig": self.contig, "samples": int(self.sample_ids.size), "haplotypes": self.n_haplotypes,
+            "sites": self.plan.n_sites, "windows_done": int(done.sum()), "windows_total": int(done.size),
+            "window_length": self.plan.length, "window_stride": self.plan.stride,
+            "encoder_fingerprint": meta.encoder_fingerprint, "encoder_source": meta.encoder_source,
+            "d_model": meta.d_model, "d_memory": meta.d_memory, "n_layers": meta.encoder_config.get("n_layers"),
+            "n_heads": meta.encoder_config.get("n_heads"), "memory_dtype": meta.memory_dtype,
+            "compressor": meta.compressor, "sharded": meta.sharded, "embedding_bytes_on_disk": self.bytes_on_disk(),
+            "bytes_per_haplotype_site": round(self.bytes_per_haplotype_site(), 3), "source": meta.source_path,
+            "source_sha256": meta.source_sha256, "tool_version": meta.tool_version,
+        }
+
 
 def open_store(url: str, require_complete: bool = True, storage_options: dict | None = None,
                use_mmap: bool = True) -> EmbeddingStore:
@@ -179,8 +203,6 @@ def open_store(url: str, require_complete: bool = True, storage_options: dict | 
     if require_complete:
         done = store.windows_done()
         if not done.all():
-            raise StoreError(
-                f"{url}: incomplete store ({int(done.sum())} of {done.size} windows encoded); "
-                "fix: re-run the same `ragprep encode` command to finish it (it resumes)"
-            )
+            raise UserError(url, f"incomplete store ({int(done.sum())} of {done.size} windows encoded)",
+                            "re-run the same `ragprep encode` command to finish it (it resumes)")
     return store

@@ -15,7 +15,8 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from stores import schema
-from stores.errors import StoreError
+from stores.errors import UserError
+from stores.plan import WindowPlan
 
 
 def is_local(url: str) -> bool:
@@ -35,7 +36,7 @@ def create_store(
 ) -> None:
     """Write a new store: metadata, panel and window arrays, and empty embedding arrays.
 
-    `arrays` maps schema names to numpy arrays (panel and window plan). On a local disk the store is built
+    `arrays` maps schema names to the panel's numpy arrays; the window arrays are written from `meta.window`. On a local disk the store is built
     beside its target and renamed into place, so a store either exists whole or not at all.
     """
     if not is_local(url):
@@ -44,11 +45,9 @@ def create_store(
     target = local_path(url)
     if target.exists():
         if not overwrite:
-            raise StoreError(f"{url}: already exists; fix: pass --overwrite to start over, or another --out")
+            raise UserError(url, "already exists", "pass --overwrite to start over, or another --out")
         if not (target / "zarr.json").is_file() and not (target.is_dir() and not any(target.iterdir())):
-            raise StoreError(
-                f"{url}: exists and is not a Zarr store, so --overwrite leaves it; fix: pass another --out"
-            )
+            raise UserError(url, "exists and is not a Zarr store, so --overwrite leaves it", "pass another --out")
         shutil.rmtree(target)
     staging = target.with_name(f".{target.name}.creating-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -64,14 +63,17 @@ def create_store(
 
 
 def _populate(group: zarr.Group, meta: schema.StoreMeta, arrays: dict[str, np.ndarray]) -> None:
+    plan = WindowPlan.from_dict(meta.window)
+    arrays = {**arrays, schema.WINDOW_START: plan.starts, schema.WINDOW_LENGTH: plan.lengths,
+              schema.WINDOW_CORE_START: plan.core_starts, schema.WINDOW_CORE_END: plan.core_ends}
     for name, values in arrays.items():
         if values.dtype.kind == "U":  # variable-length UTF-8: the string type other Zarr readers share
             group.create_array(name, shape=values.shape, dtype=str, chunks=_panel_chunks(values))[...] = values
         else:
             group.create_array(name, data=values, chunks=_panel_chunks(values))
-    n_windows = len(arrays[schema.WINDOW_START])
+    n_windows = plan.n_windows
     group.create_array(schema.WINDOW_DONE, shape=(n_windows,), chunks=(1,), dtype=bool, fill_value=False)
-    length, d, h, block = meta.window["length"], meta.d_memory, meta.n_haplotypes, meta.hap_block
+    length, d, h, block = plan.length, meta.d_memory, meta.n_haplotypes, meta.hap_block
     compressors = ZstdCodec(level=3) if meta.compressor == "zstd" else None
     block_shards = -(-h // block) * block
     common = {"compressors": compressors, "fill_value": 0, "config": {"write_empty_chunks": True}}
@@ -107,19 +109,15 @@ class StoreWriter:
             self.group = None
         attrs = None if self.group is None else self.group.attrs.get(schema.ATTRS_KEY)
         if not isinstance(attrs, dict) or attrs.get("format_version") != meta.format_version:
-            raise StoreError(
-                f"{url}: exists but is not a ragsnv store of format version {meta.format_version}; "
-                "fix: pass --overwrite to start over, or another --out"
-            )
+            raise UserError(url, f"exists but is not a ragsnv store of format version {meta.format_version}",
+                            "pass --overwrite to start over, or another --out")
         found = schema.StoreMeta.from_dict(attrs).content_key()
         wanted = meta.content_key()
         diff = [k for k in wanted if found.get(k) != wanted[k]]
         if diff:
             k = diff[0]
-            raise StoreError(
-                f"{url}: exists with other settings ({k}: {found.get(k)!r} there, {wanted[k]!r} now); "
-                "fix: pass --overwrite to start over, or another --out"
-            )
+            raise UserError(url, f"exists with other settings ({k}: {found.get(k)!r} there, {wanted[k]!r} now)",
+                            "pass --overwrite to start over, or another --out")
         self.meta = meta
         self.embeddings = self.group[schema.EMBEDDINGS]
         self.scales = self.group[schema.EMBEDDING_SCALE] if meta.memory_dtype == "int8" else None

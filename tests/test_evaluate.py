@@ -8,7 +8,7 @@ import pysam
 import pytest
 from typer.testing import CliRunner
 
-from ragprep.errors import InputError
+from stores.errors import UserError
 from ragprep.vcf import read_panel
 from ragtrain.cli import app
 from ragtrain.evaluate import evaluate
@@ -190,7 +190,7 @@ def test_maf_from_the_store(panel_vcf, store_path, tmp_path):
 def test_no_common_samples_is_a_clear_error(files, tmp_path):
     lines = ["chr22\t1000\t.\tA\tG\t.\tPASS\tIMP\tGT:DS\t0|0:0"]
     other = write_vcf(tmp_path / "other.vcf.gz", BEAGLE_HEADER, ["nobody"], lines)
-    with pytest.raises(InputError, match="no sample id in common"):
+    with pytest.raises(UserError, match="no sample id in common"):
         evaluate([other], files["truth"], str(tmp_path / "r"))
 
 

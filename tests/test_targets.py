@@ -8,7 +8,7 @@ import numpy as np
 import pysam
 import pytest
 
-from ragprep.errors import InputError
+from stores.errors import UserError
 from ragprep.vcf import read_panel
 from ragtrain.targets import load_targets
 from stores import open_store
@@ -125,7 +125,7 @@ def test_plain_vcf_without_index_or_contig_lines(panel, store, tmp_path):
 def test_contig_mismatch_names_both_contigs(panel, store, tmp_path, header_contig):
     records = [(int(panel.positions[i]), panel.ref[i], panel.alt[i], phased(panel.alleles[i, :8])) for i in (3, 9)]
     path = write_vcf(tmp_path / "t.vcf.gz", records, contig="22", header_contig=header_contig)
-    with pytest.raises(InputError) as err:
+    with pytest.raises(UserError) as err:
         load_targets(path, store)
     message = str(err.value)
     assert "\n" not in message and path in message and "22" in message and "chr22" in message
@@ -134,13 +134,13 @@ def test_contig_mismatch_names_both_contigs(panel, store, tmp_path, header_conti
 
 def test_region_on_another_contig(store, tmp_path, panel):
     records = [(int(panel.positions[3]), panel.ref[3], panel.alt[3], phased(panel.alleles[3, :8]))]
-    with pytest.raises(InputError, match="chr21.*chr22"):
+    with pytest.raises(UserError, match="chr21.*chr22"):
         load_targets(write_vcf(tmp_path / "t.vcf.gz", records), store, region="chr21")
 
 
 def test_unphased_target_says_phase_first(panel, store, tmp_path):
     records = [(int(panel.positions[i]), panel.ref[i], panel.alt[i], ["0/1", "0|0", "1|1", "0|1"]) for i in (3, 9)]
-    with pytest.raises(InputError) as err:
+    with pytest.raises(UserError) as err:
         load_targets(write_vcf(tmp_path / "t.vcf.gz", records), store)
     message = str(err.value)
     assert "\n" not in message and "unphased" in message and "phase" in message and "SHAPEIT5" in message
@@ -150,6 +150,6 @@ def test_no_site_in_common(panel, store, tmp_path):
     taken = set(panel.positions.tolist())
     free = [p for p in range(1, 10**5) if p not in taken][:3]
     records = [(p, "A", "C", ["0|1"] * N_SAMPLES) for p in free]
-    with pytest.raises(InputError, match="none of the target's 3 sites") as err:
+    with pytest.raises(UserError, match="none of the target's 3 sites") as err:
         load_targets(write_vcf(tmp_path / "t.vcf.gz", records), store)
     assert "genome build" in str(err.value) and "\n" not in str(err.value)

@@ -7,7 +7,7 @@ import pytest
 from conftest import good_records, vcf_record, write_vcf_text
 from cyvcf2 import VCF
 
-from ragprep.errors import InputError
+from stores.errors import UserError
 from ragprep.vcf import parse_region, read_panel
 from stores import open_store
 
@@ -64,16 +64,16 @@ def test_region_picks_one_contig_with_and_without_index(tmp_path):
         assert panel.contig == "chr2" and panel.positions.tolist() == [50, 150, 250, 350, 450]
         panel = read_panel(str(path), region="chr1:200-500")
         assert panel.contig == "chr1" and panel.positions.tolist() == [200, 300, 400, 500]
-        with pytest.raises(InputError, match="no biallelic records in region chr3"):
+        with pytest.raises(UserError, match="no biallelic records in region chr3"):
             read_panel(str(path), region="chr3")
-        with pytest.raises(InputError, match=r"chr2:50: records of a second contig .*--region chr1"):
+        with pytest.raises(UserError, match=r"chr2:50: records of a second contig .*--region chr1"):
             read_panel(str(path))
 
 
 def test_parse_region():
     assert parse_region("chr22") == ("chr22", 1, 2**62)
     assert parse_region("chr22:1,000-2,000") == ("chr22", 1000, 2000)
-    with pytest.raises(InputError, match="--region"):
+    with pytest.raises(UserError, match="--region"):
         parse_region("chr22:abc")
 
 
@@ -98,7 +98,7 @@ def test_targets_keep_missing_calls(tmp_path):
 def test_bad_call_names_file_site_and_sample(tmp_path, call, problem):
     records = good_records(range(100, 400, 100)) + [vcf_record(400, "0|1", call, "1|1")]
     path = write_vcf_text(tmp_path / "bad.vcf.gz", records)
-    with pytest.raises(InputError) as err:
+    with pytest.raises(UserError) as err:
         read_panel(str(path))
     text = str(err.value)
     assert text.startswith(f"{path}: chr1:400: {problem}") and "; fix: " in text and "\n" not in text

@@ -8,7 +8,7 @@ import pytest
 from cyvcf2 import VCF
 from pysam import bcftools
 
-from ragprep.errors import InputError
+from stores.errors import UserError
 from ragprep.vcf import read_panel
 from ragtrain.metrics import dr2_from_haplotypes as dr2_from_haplotype_probs
 from ragtrain.targets import load_targets
@@ -163,7 +163,7 @@ def test_plain_arrays_unsorted_sites_are_written_sorted(tmp_path):
 
 def test_bad_arguments(tmp_path):
     sites = Sites("chr1", np.array([1, 2]), np.array(["A", "C"]), np.array(["G", "T"]), np.array([0.1, 0.2]))
-    with pytest.raises(InputError, match="vcf.gz"):
+    with pytest.raises(UserError, match="vcf.gz"):
         write_imputed_vcf(tmp_path / "x.vcf", sites, ["S1"], np.zeros((2, 2)))
     with pytest.raises(ValueError, match="shape"):
         write_imputed_vcf(tmp_path / "x.vcf.gz", sites, ["S1", "S2"], np.zeros((2, 2)))

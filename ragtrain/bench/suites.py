@@ -1,7 +1,7 @@
 """`ragtrain bench`: the memory and speed claim, store size and the accuracy cost of storage choices, measured.
 
 Suites:
-  step      training step per mode x k at one batch size, each case in its own process (`ragtrain.bench_step`)
+  step      training step per mode x k at one batch size, each case in its own process (`ragtrain.bench.step`)
   encode    `ragprep encode` of a simulated panel: fp16 and int8 memory, two memory dims; throughput, time split
             between encoder and store writes, bytes per haplotype-site on disk
   fit       `ragtrain fit` (precomputed) on each of those stores with one training budget: validation r2 by MAF
@@ -28,8 +28,8 @@ from ragprep.encode import EncodeOptions, encode, resolve_device
 from ragprep.model import PRESETS, BertConfig
 from ragprep.progress import console
 from ragprep.simulate import simulate_panel
-from ragtrain.bench_report import markdown
-from ragtrain.bench_step import StepCase, StepResult, describe_device
+from ragtrain.bench.report import markdown
+from ragtrain.bench.step import StepCase, StepResult, describe_device
 from ragtrain.fit import FitOptions, Trainer
 from stores import open_store
 
@@ -108,7 +108,7 @@ def step_cases(config: BenchConfig, options: BenchOptions) -> list[StepCase]:
 
 def run_step_case(case: StepCase, timeout_s: float) -> StepResult:
     """`case` in a fresh Python process; a kill or timeout is recorded as the result."""
-    command = [sys.executable, "-m", "ragtrain.bench_step", json.dumps(case.to_dict())]
+    command = [sys.executable, "-m", "ragtrain.bench.step", json.dumps(case.to_dict())]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
@@ -163,7 +163,7 @@ def encode_suite(config: BenchConfig, options: BenchOptions, work: Path) -> list
         store = open_store(str(out))
         panel_sites = store.n_haplotypes * int(store.positions.size)
         rows.append({
-            **variant, "store": str(out), "device": report.device, "window": store.window_length,
+            **variant, "store": str(out), "device": report.device, "window": store.plan.length,
             "haplotypes": store.n_haplotypes, "sites": int(store.positions.size), "windows": report.windows_total,
             "seconds": report.seconds, "encoder_seconds": report.encoder_seconds,
             "write_seconds": report.write_seconds, "haplotype_sites_per_s": report.haplotype_sites_per_s,

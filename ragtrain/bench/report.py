@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from ragtrain.metrics import MAF_BINS, bin_label
 
 if TYPE_CHECKING:
-    from ragtrain.bench import BenchResults
+    from ragtrain.bench.suites import BenchResults
 
 
 def _num(value: float | None, fmt: str = ",.1f") -> str:

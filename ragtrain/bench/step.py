@@ -1,6 +1,6 @@
 """One training-step measurement, in its own process so that memory peaks of different cases never mix.
 
-`python -m ragtrain.bench_step '{"bert": {...}, "mode": "online", "k": 8, "batch": 64, ...}'` prints one JSON
+`python -m ragtrain.bench.step '{"bert": {...}, "mode": "online", "k": 8, "batch": 64, ...}'` prints one JSON
 line: peak memory (CUDA max allocated and reserved; peak RSS on CPU), the median time of a full step (batch to
 device, forward, backward, clipping, AdamW) after warm-up, and query tokens per second. Running out of memory
 is a result ({"status": "oom"}), not a crash.
@@ -24,8 +24,8 @@ import torch
 from ragprep.encode import resolve_device
 from ragprep.model import ALT, MASK, BertConfig
 from ragtrain.data import IGNORE, Batch
-from ragtrain.fit import masked_loss
-from ragtrain.model import ModelConfig, RagImputer, batch_logits
+from ragtrain.fit import train_step
+from ragtrain.model import ModelConfig, RagImputer
 from ragtrain.retrieval import MATCH_BUCKETS
 
 
@@ -110,9 +110,9 @@ def measure_step(case: StepCase) -> StepResult:
     result = StepResult(status="ok", device=describe_device(device), baseline_rss_mb=_rss_mb())
     torch.manual_seed(case.seed)
     generator = torch.Generator().manual_seed(case.seed)
-    config = ModelConfig(bert=case.bert, rag_mode=case.mode, k=case.k, match_features=True)  # as `fit` trains
+    config = ModelConfig(bert=case.bert, rag_mode=case.mode)  # match features on, as `fit` trains by default
     try:
-        model = RagImputer(config).to(device).train()
+        model = RagImputer(config, match_features=True).to(device).train()
         result.parameters = sum(p.numel() for p in model.parameters())
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         host = synthetic_batch(case, generator)
@@ -122,12 +122,7 @@ def measure_step(case: StepCase) -> StepResult:
         _limit_memory(case, device)
         for step in range(case.warmup + case.steps):
             started = time.perf_counter()
-            batch = host.to(device)
-            loss = masked_loss(batch_logits(model, batch), batch.labels)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            train_step(model, optimizer, [host], device, clip=1.0)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if step >= case.warmup:
