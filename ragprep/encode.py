@@ -18,8 +18,8 @@ from ragprep.progress import console, progress_bar
 from ragprep.vcf import Panel, read_panel
 from ragprep.windows import pad_window
 from stores import StoreMeta, StoreWriter, create_store, schema
-from stores.plan import WindowPlan
 from stores.errors import UserError
+from stores.plan import WindowPlan
 from stores.quantize import quantize_int8
 from stores.writer import is_local, local_path
 

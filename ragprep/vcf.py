@@ -12,8 +12,8 @@ from typing import Literal
 import numpy as np
 from cyvcf2 import VCF
 
-from stores.errors import UserError
 from ragprep.progress import record_spinner
+from stores.errors import UserError
 
 MISSING = -1
 Multiallelic = Literal["skip", "error"]

@@ -45,8 +45,9 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-_RETRIEVAL = RetrievalSpec()
+_RETRIEVAL = RetrievalSpec()  # the defaults live in the dataclasses; the options show them
 _FIT = FitOptions(store="", out="")
+_RAG_MODE, _FUSION, _BACKEND = RagMode(_FIT.rag_mode), Fusion(_FIT.fusion), Retrieval(_RETRIEVAL.backend)
 
 
 @app.command(epilog="Examples: ragtrain fit --store store.zarr --out runs/exp1 --max-steps 300\n\n"
@@ -56,12 +57,12 @@ def fit(
     store: Annotated[str, typer.Option(help="Embedding store from `ragprep encode` (path or fsspec URL).")],
     out: Annotated[Path, typer.Option(help="Run folder: last.pt, best.pt, metrics.csv (new or empty, unless --resume or --overwrite).")],
     train: Annotated[Path | None, typer.Option(help="Separate phased training VCF (default: the panel, split by sample); the panel's validation samples are left out of it.")] = None,
-    rag_mode: Annotated[RagMode, typer.Option(help="precomputed (stored memory), online (research baseline), none.")] = RagMode(_FIT.rag_mode),
+    rag_mode: Annotated[RagMode, typer.Option(help="precomputed (stored memory), online (research baseline), none.")] = _RAG_MODE,
     k: Annotated[int, typer.Option(min=1, help="Neighbours retrieved a window.")] = _RETRIEVAL.k,
     retrieval_flank: Annotated[int, typer.Option(min=0, help="Sites each side of a window whose observed alleles also key retrieval (arrays type ~1 % of sites).")] = _RETRIEVAL.flank,
     match_features: Annotated[bool, typer.Option(help="Tell the model how far each neighbour matches the query around each site.")] = _RETRIEVAL.match_features,
-    retrieval: Annotated[Retrieval, typer.Option(help="Exact top-k backend: FAISS, or torch (same neighbours).")] = Retrieval(_RETRIEVAL.backend),
-    fusion: Annotated[Fusion, typer.Option(help="aligned: each site attends to neighbours at that site; full: all sites.")] = Fusion(_FIT.fusion),
+    retrieval: Annotated[Retrieval, typer.Option(help="Exact top-k backend: FAISS, or torch (same neighbours).")] = _BACKEND,
+    fusion: Annotated[Fusion, typer.Option(help="aligned: each site attends to neighbours at that site; full: all sites.")] = _FUSION,
     fusion_layers: Annotated[str | None, typer.Option(help="Comma-separated layers (0-based) followed by fusion (default: all).")] = None,
     neighbour_alleles: Annotated[bool, typer.Option(help="Embed the neighbours' alleles beside their stored states.")] = _FIT.neighbour_alleles,
     adapter: Annotated[bool, typer.Option(help="Light trainable adapter over the memory (LUMEN-style).")] = _FIT.adapter,

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 from cyvcf2 import VCF, Variant
 
-from stores.errors import UserError
 from ragprep.progress import console, record_spinner
 from ragprep.vcf import open_vcf
 from ragtrain import metrics
 from stores import EmbeddingStore, open_store
+from stores.errors import UserError
 
 SiteKey = tuple[str, int, str, str]  # contig, position, REF, ALT
 IMPUTED_FLAGS = ("IMP", "IMPUTED")  # Beagle, Minimac4

@@ -7,7 +7,7 @@ import math
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +19,17 @@ from ragprep.encode import resolve_device
 from ragprep.model import Bert, BertConfig, build_bert, fingerprint, load_bert_checkpoint
 from ragprep.progress import console, progress_bar
 from ragtrain.checkpoint import load_checkpoint, save_atomic
-from ragtrain.data import IGNORE, Batch, BatchBuilder, Prefetcher, QuerySet, epoch_plan, external_queries, \
-    panel_queries, split_samples
+from ragtrain.data import (
+    IGNORE,
+    Batch,
+    BatchBuilder,
+    Prefetcher,
+    QuerySet,
+    epoch_plan,
+    external_queries,
+    panel_queries,
+    split_samples,
+)
 from ragtrain.impute import Imputer
 from ragtrain.masking import VALIDATION_EPOCH, MaskSpec, apply_mask, mask_for
 from ragtrain.metrics import MAF_BINS, bin_label, dosage_r2, minor_allele_dose, summarise
@@ -331,7 +340,7 @@ class Trainer:
         r2 = metrics.get("r2_all", math.nan)
         better = r2 > self.best_r2  # False for NaN
         self.best_r2 = r2 if better else self.best_r2
-        if better or not metrics or not (self.out / "best.pt").exists():
+        if better or len(self.val_queries) == 0 or not (self.out / "best.pt").exists():
             self.save("best.pt")
         self.save("last.pt")
         return metrics

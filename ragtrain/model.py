@@ -153,8 +153,7 @@ class RagImputer(nn.Module):
             memory = self.neighbour_memory(memory, neighbour_tokens, neighbour_match)
 
         def fuse(layer: int, x: torch.Tensor) -> torch.Tensor:
-            fusion = self.fusions[str(layer)] if str(layer) in self.fusions else None
-            return x if fusion is None else fusion(x, memory, valid)
+            return self.fusions[str(layer)](x, memory, valid) if str(layer) in self.fusions else x
 
         return self.head(self.bert(tokens, af, valid, after_block=fuse if self.fusions else None))
 

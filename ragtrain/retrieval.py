@@ -159,8 +159,8 @@ class WindowIndex:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if self.n_haplotypes - m < k:
-            raise ValueError(f"cannot retrieve k={k} neighbours from {self.n_haplotypes} reference haplotypes "
-                             f"when {m} are excluded per query; fix: lower k to at most {self.n_haplotypes - m}")
+            raise UserError("--k", f"cannot retrieve k={k} neighbours from {self.n_haplotypes} reference "
+                            f"haplotypes when {m} are excluded per query", f"lower --k to at most {self.n_haplotypes - m}")
         if n_queries == 0:
             return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
         encoded = np.ascontiguousarray(encode_pm1(queries))

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stores.errors import UserError
 from ragprep.vcf import MISSING, open_vcf, parse_region, read_panel
+from stores.errors import UserError
 from stores.reader import EmbeddingStore
 
 _COMPLEMENT = str.maketrans("ACGT", "TGCA")

@@ -21,8 +21,8 @@ import numpy as np
 import pysam
 from pysam.libcbgzf import BGZFile
 
-from stores.errors import UserError
 from ragtrain.metrics import dr2_from_haplotypes
+from stores.errors import UserError
 from stores.reader import EmbeddingStore
 
 SCALE = 1000  # printed precision: thousandths

@@ -10,7 +10,7 @@ from conftest import torch_threads
 from typer.testing import CliRunner
 
 from ragtrain.bench import CONFIGS, BenchOptions, run_bench, run_step_case
-from ragtrain.bench_step import StepCase
+from ragtrain.bench.step import StepCase
 from ragtrain.cli import app
 
 
@@ -83,6 +83,6 @@ def test_bench_cli_rejects_unknown_modes_and_shows_an_example(tmp_path):
     assert bad.exit_code == 2 and "unknown mode ['offline']" in bad.output
     assert not any(tmp_path.iterdir())
     bad_k = runner.invoke(app, ["bench", "--k", "1,x", "--out", str(tmp_path)])
-    assert bad_k.exit_code == 2 and "--k '1,x'" in bad_k.output
+    assert bad_k.exit_code == 2 and "--k: cannot read '1,x'" in bad_k.output
     shown = runner.invoke(app, ["bench", "--help"])
     assert shown.exit_code == 0 and "ragtrain bench --config research" in shown.output

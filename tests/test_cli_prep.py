@@ -155,8 +155,8 @@ def test_region_picks_one_contig(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "start"), [
-    (["--shard", "2/2"], "error: --shard '2/2'"),
-    (["--shard", "one"], "error: --shard 'one'"),
+    (["--shard", "2/2"], "error: --shard: '2/2' needs 0 <= i < n"),
+    (["--shard", "one"], "error: --shard: cannot read 'one'"),
     (["--region", "chr1:x-y"], "error: --region: cannot parse region"),
 ])
 def test_bad_options(panel_vcf, tmp_path, args, start):

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from ragprep.cli import app
 from ragprep.encode import encode, encode_window
 from ragprep.model import build_bert
-from stores import StoreError, open_store
+from stores import UserError, open_store
 from stores.quantize import dequantize_int8, quantize_int8
 
 CPU = torch.device("cpu")
@@ -39,9 +39,8 @@ def test_batches_do_not_change_embeddings(store_path):
     store = open_store(store_path)
     bert = build_bert(TINY, seed=3).eval()
     for window in (0, store.n_windows - 1):  # a full window and the padded last one
-        alleles = store.window_haplotypes(window)
-        span = slice(int(store.windows["window_start"][window]), None)
-        af = store.af[span][: alleles.shape[1]]
+        alleles = store.alleles(store.plan.sites(window))
+        af = store.af[store.plan.sites(window)]
         whole = encode_window(bert, alleles, af, TINY.window, batch_size=alleles.shape[0], device=CPU)
         assert whole.shape == (store.n_haplotypes, TINY.window, TINY.d_memory)
         for batch_size in (7, 50):
@@ -101,7 +100,7 @@ def test_another_seed_is_another_encoder(panel_vcf, store_path, tmp_path):
     a, b = open_store(store_path), open_store(other)
     assert a.meta.encoder_fingerprint != b.meta.encoder_fingerprint
     assert not np.array_equal(a.read_window(0).values, b.read_window(0).values)
-    with pytest.raises(StoreError, match=r"exists with other settings \(encoder_fingerprint"):
+    with pytest.raises(UserError, match=r"exists with other settings \(encoder_fingerprint"):
         encode(str(panel_vcf), other, tiny_options())  # resuming with another encoder is refused
 
 
@@ -140,7 +139,7 @@ def test_killed_encode_resumes_to_the_uninterrupted_result(panel_vcf, tmp_path):
 
     done = windows_done(out)
     assert done is not None and 1 <= done.sum() < done.size, f"{done.sum()} of {done.size} windows done"
-    with pytest.raises(StoreError, match="incomplete"):
+    with pytest.raises(UserError, match="incomplete"):
         open_store(str(out))
     assert open_store(str(out), require_complete=False).is_complete is False
     shown = run_cli("inspect", out).stdout
@@ -170,12 +169,12 @@ def test_two_shards_equal_one_run(panel_vcf, store_path, tmp_path):
     n_windows = open_store(store_path).n_windows
     even = np.arange(n_windows) % 2 == 0
     np.testing.assert_array_equal(windows_done(both), even)
-    with pytest.raises(StoreError, match="incomplete"):
+    with pytest.raises(UserError, match="incomplete"):
         open_store(str(both))
 
     run_cli("encode", panel_vcf, *TINY_CLI, "--shard", "1/2", "--out", alone)
     np.testing.assert_array_equal(windows_done(alone), ~even)
-    with pytest.raises(StoreError, match="incomplete"):
+    with pytest.raises(UserError, match="incomplete"):
         open_store(str(alone))
 
     second = run_cli("encode", panel_vcf, *TINY_CLI, "--shard", "1/2", "--out", both)

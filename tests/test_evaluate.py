@@ -8,12 +8,12 @@ import pysam
 import pytest
 from typer.testing import CliRunner
 
-from stores.errors import UserError
 from ragprep.vcf import read_panel
 from ragtrain.cli import app
 from ragtrain.evaluate import evaluate
 from ragtrain.metrics import BIN_LABELS, assign_bins, maf_from_af
 from stores import open_store
+from stores.errors import UserError
 
 # Beagle 5.4 (beagle.22Jul22.46e.jar, gp=true) output header, as its VcfWriter writes it: no ##contig lines.
 BEAGLE_HEADER = """##fileformat=VCFv4.2

@@ -10,22 +10,28 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
-from ragprep.encode import encode
 from ragprep.model import build_bert, save_bert
 from ragtrain.cli import app
 from ragtrain.data import BatchBuilder, panel_queries, split_samples
-from ragtrain.fit import FitOptions, Trainer, fit
+from ragtrain.fit import FitOptions, Trainer, fit, masked_loss
+from ragtrain.impute import Imputer
 from ragtrain.masking import MaskSpec, apply_mask
-from ragtrain.retrieval import match_buckets
-from stores import StoreError, open_store
-from tests.conftest import TINY, tiny_options
+from ragtrain.model import batch_logits
+from ragtrain.retrieval import RetrievalSpec, match_buckets
+from stores import UserError, open_store
+from tests.conftest import TINY
 
 
 def options(store: str, out, **overrides) -> FitOptions:
     base = {"store": store, "out": str(out), "device": "cpu", "batch_size": 16, "max_steps": 40, "eval_every": 20,
-            "warmup": 5, "lr": 3e-3, "k": 4, "seed": 5, "mask": "random:0.3-0.8", "val_mask": "array:4:0.05",
-            "val_fraction": 0.2}
+            "warmup": 5, "lr": 3e-3, "retrieval": RetrievalSpec(k=4, flank=0), "seed": 5, "mask": "random:0.3-0.8",
+            "val_mask": "array:4:0.05", "val_fraction": 0.2}
     return FitOptions(**{**base, **overrides})
+
+
+def builder(store, haps, queries, mask: str, **retrieval) -> BatchBuilder:
+    return BatchBuilder(store, haps, queries, retrieval=RetrievalSpec(**{"k": 4, "flank": 0, **retrieval}),
+                        rag_mode="precomputed", mask=MaskSpec.parse(mask), seed=1)
 
 
 def test_retrieval_beats_no_retrieval(store_path, tmp_path):
@@ -40,9 +46,18 @@ def test_retrieval_beats_no_retrieval(store_path, tmp_path):
     assert (tmp_path / "rag" / "metrics.csv").read_text().count("\n") == 2  # header + one evaluation
 
 
-def test_online_mode_trains(store_path, tmp_path):
-    result = fit(options(store_path, tmp_path / "online", rag_mode="online", max_steps=4, eval_every=4))
-    assert result.steps == 4 and np.isfinite(result.last_metrics["val_loss"])
+def test_online_mode_trains_the_bert_through_the_neighbours(store_path, tmp_path, one_thread):
+    """Online memory runs the retrieved haplotypes through the trainable BERT: its loss falls, and its memory
+    carries gradients into the BERT (precomputed memory does not)."""
+    trainer = Trainer(options(store_path, tmp_path / "online", rag_mode="online", max_steps=30, eval_every=30))
+    batch = trainer.builder().build(0, 0, np.arange(16))
+    memory = trainer.model.online_memory(batch.neighbour_tokens, batch.af, batch.valid)
+    memory.sum().backward()
+    assert trainer.model.bert.blocks[0].attn.q.weight.grad.abs().sum() > 0
+    trainer.model.zero_grad()
+    first = masked_loss(batch_logits(trainer.model, batch), batch.labels).item()
+    trainer.run()
+    assert masked_loss(batch_logits(trainer.model, batch), batch.labels).item() < first
 
 
 def test_resume_is_bit_identical(store_path, tmp_path):
@@ -61,23 +76,62 @@ def test_resume_is_bit_identical(store_path, tmp_path):
 
 
 def test_checkpoint_loads_with_weights_only(store_path, tmp_path):
-    fit(options(store_path, tmp_path / "run", max_steps=2, eval_every=2))
+    fit(options(store_path, tmp_path / "run", max_steps=2, eval_every=2, retrieval=RetrievalSpec(k=3, flank=40)))
     ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
-    assert {"model", "optimizer", "scheduler", "scaler", "rng", "progress", "model_config"} <= set(ckpt)
+    assert {"model", "optimizer", "scheduler", "rng", "progress", "model_config", "retrieval"} <= set(ckpt)
+    assert ckpt["retrieval"] == {"k": 3, "flank": 40, "match_features": True, "backend": "auto"}
+    assert "k" not in ckpt["model_config"] and "checkpointing" not in ckpt["model_config"]
     assert not list((tmp_path / "run").glob("*.tmp-*"))  # atomic writes leave no temporaries
+
+
+def test_resume_takes_new_runtime_settings_and_refuses_new_architecture_or_retrieval(store_path, tmp_path):
+    run = tmp_path / "run"
+    fit(options(store_path, run, max_steps=4, eval_every=2, stop_after=2))
+    resumed = Trainer(options(store_path, run, max_steps=4, eval_every=2, resume=True, checkpointing=True,
+                              lr=1e-3, batch_size=8))
+    assert resumed.step == 2 and resumed.model.bert.gradient_checkpointing
+    assert resumed.scheduler.base_lrs == [1e-3]
+    for changed, named in (({"retrieval": RetrievalSpec(k=5, flank=0)}, "k 4 vs 5"),
+                           ({"retrieval": RetrievalSpec(k=4, flank=10)}, "flank 0 vs 10"),
+                           ({"fusion": "full"}, "fusion aligned vs full"),
+                           ({"adapter": True}, "adapter False vs True"),
+                           ({"seed": 6}, "seed 5 vs 6")):
+        with pytest.raises(UserError, match=f"trained with other settings \\({named}"):
+            Trainer(options(store_path, run, max_steps=4, resume=True, **changed))
+
+
+def test_out_with_an_earlier_run_needs_resume_or_overwrite(store_path, tmp_path):
+    run = tmp_path / "run"
+    fit(options(store_path, run, max_steps=2, eval_every=2))
+    with pytest.raises(UserError, match="holds an earlier run; fix: pass --resume .* --overwrite"):
+        Trainer(options(store_path, run, max_steps=2))
+    fit(options(store_path, run, max_steps=2, eval_every=2, overwrite=True))
+    assert (run / "metrics.csv").read_text().count("\n") == 2  # replaced, not appended to
+
+
+def test_fusion_layers_that_do_not_exist_are_refused(store_path, tmp_path):
+    with pytest.raises(UserError, match=r"^--fusion-layers: layers \[7\] do not exist"):
+        Trainer(options(store_path, tmp_path / "x", fusion_layers=(7,)))
+
+
+def test_without_validation_samples_best_is_the_latest_and_no_r2_is_reported(store_path, tmp_path):
+    result = fit(options(store_path, tmp_path / "run", max_steps=2, eval_every=1, val_fraction=0.0))
+    assert result.last_metrics.keys() == {"step", "epoch", "train_loss", "data_wait", "lr"}
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert best["progress"]["step"] == 2
 
 
 def test_query_never_retrieves_its_own_sample_and_ids_index_the_store(store_path):
     store = open_store(store_path)
-    haps = store.haplotypes(0, int(store.positions.size))
+    haps = store.alleles()
     train, _ = split_samples(haps.shape[0] // 2, 0.2, seed=1)
     queries = panel_queries(haps, train)
-    builder = BatchBuilder(store, haps, queries, MaskSpec.parse("random:0.5-0.5"), seed=1, k=4, rag_mode="precomputed")
+    batches = builder(store, haps, queries, "random:0.5-0.5")
     for window in range(store.n_windows):
         ids = np.arange(len(queries))
-        batch = builder.build(0, window, ids)
-        span = builder.window_span(window)
-        neighbours = builder.retrieve(window, np.where(batch.labels[:, :span.stop - span.start].numpy() >= 0, -1,
+        batch = batches.build(0, window, ids)
+        span = store.plan.sites(window)
+        neighbours = batches.retrieve(window, np.where(batch.labels[:, :span.stop - span.start].numpy() >= 0, -1,
                                                        queries.alleles[ids, span]), ids)
         own = queries.sample_key[ids]
         assert not (neighbours // 2 == own[:, None]).any()
@@ -92,18 +146,18 @@ def test_retrieval_flank_finds_neighbours_that_match_the_hidden_sites(store_path
     so the neighbours agree more often with the query's hidden alleles. Masks inside the window are drawn over
     the key span, so query tokens and retrieval key come from one mask."""
     store = open_store(store_path)
-    haps = store.haplotypes(0, int(store.positions.size))
+    haps = store.alleles()
     queries = panel_queries(haps, split_samples(haps.shape[0] // 2, 0.2, seed=1)[0])
     ids = np.arange(len(queries))
     agreement = {}
     for flank in (0, 96):
-        builder = BatchBuilder(store, haps, queries, MaskSpec.parse("array:6:0.05"), seed=1, k=4,
-                               rag_mode="precomputed", flank=flank)
+        batches = builder(store, haps, queries, "array:6:0.05", flank=flank)
         hits = total = 0
         for window in range(store.n_windows):
-            batch, span = builder.build(0, window, ids), builder.window_span(window)
-            key = builder.key_span(window)
-            assert builder.masks(0, window, ids).shape == (len(ids), key.stop - key.start)
+            batch, span = batches.build(0, window, ids), store.plan.sites(window)
+            key = batches.key_span(window)
+            assert key == store.plan.key_span(window, flank)
+            assert batches.masks(0, window, ids).shape == (len(ids), key.stop - key.start)
             n = span.stop - span.start
             hidden = batch.labels.numpy()[:, :n] >= 0
             truth = queries.alleles[ids, span]
@@ -115,15 +169,14 @@ def test_retrieval_flank_finds_neighbours_that_match_the_hidden_sites(store_path
 
 def test_match_features_describe_the_retrieved_neighbours(store_path):
     store = open_store(store_path)
-    haps = store.haplotypes(0, int(store.positions.size))
+    haps = store.alleles()
     queries = panel_queries(haps, split_samples(haps.shape[0] // 2, 0.2, seed=1)[0])
-    builder = BatchBuilder(store, haps, queries, MaskSpec.parse("array:6:0.05"), seed=1, k=4,
-                           rag_mode="precomputed", flank=40, match_features=True)
+    batches = builder(store, haps, queries, "array:6:0.05", flank=40, match_features=True)
     ids, window = np.arange(8), 1
-    batch = builder.build(0, window, ids)
-    span, key = builder.window_span(window), builder.key_span(window)
-    observed = apply_mask(queries.alleles[ids, key], builder.masks(0, window, ids))
-    neighbours = builder.retrieve(window, observed, ids)
+    batch = batches.build(0, window, ids)
+    span, key = store.plan.sites(window), batches.key_span(window)
+    observed = apply_mask(queries.alleles[ids, key], batches.masks(0, window, ids))
+    neighbours = batches.retrieve(window, observed, ids)
     expected = match_buckets(observed, haps[neighbours, key])[:, :, span.start - key.start:span.stop - key.start]
     assert np.array_equal(batch.neighbour_match.numpy()[:, :, :span.stop - span.start], expected)
     assert batch.neighbour_match.shape == batch.neighbour_tokens.shape
@@ -132,8 +185,9 @@ def test_match_features_describe_the_retrieved_neighbours(store_path):
 def test_store_with_other_encoder_is_refused(store_path, tmp_path):
     other = tmp_path / "other.pt"
     save_bert(build_bert(TINY, seed=99), other)
-    with pytest.raises(StoreError, match="fingerprint"):
+    with pytest.raises(UserError, match="fingerprint"):
         Trainer(options(store_path, tmp_path / "x", encoder=str(other)))
+    assert not (tmp_path / "x").exists()  # refused before anything is written
     result = CliRunner().invoke(app, ["fit", "--store", store_path, "--out", str(tmp_path / "y"),
                                       "--encoder", str(other), "--device", "cpu"])
     assert result.exit_code == 2
@@ -144,7 +198,7 @@ def test_incomplete_store_is_refused(panel_vcf, store_path, tmp_path):
     partial = tmp_path / "partial.zarr"
     shutil.copytree(store_path, partial)
     zarr.open_group(str(partial), mode="r+")["window_done"][0] = False
-    with pytest.raises(StoreError, match="incomplete"):
+    with pytest.raises(UserError, match="incomplete"):
         Trainer(options(str(partial), tmp_path / "x"))
 
 
@@ -156,13 +210,57 @@ def test_bad_train_vcf_is_refused(store_path, tmp_path):
     assert result.exit_code == 2 and "bad.vcf" in result.output
 
 
-def test_separate_training_vcf(panel_vcf, store_path, tmp_path):
-    result = fit(options(store_path, tmp_path / "train", train_vcf=str(panel_vcf), max_steps=4, eval_every=4))
-    assert result.steps == 4
+def test_separate_training_vcf_never_trains_on_validation_samples(panel_vcf, store_path, tmp_path):
+    """--train with the panel itself: its validation samples must not come back as training queries."""
+    trainer = Trainer(options(store_path, tmp_path / "train", train=str(panel_vcf), max_steps=4, eval_every=4))
+    store = open_store(store_path)
+    train_samples, val_samples = split_samples(store.sample_ids.size, 0.2, seed=5)
+    assert len(trainer.train_queries) == 2 * train_samples.size
+    np.testing.assert_array_equal(trainer.train_queries.alleles, store.alleles()[np.repeat(2 * train_samples, 2)
+                                                                                 + np.tile([0, 1], train_samples.size)])
+    panel_ids = trainer.train_queries.exclude[:, 0] // 2  # each query excludes its own panel sample
+    assert not np.isin(panel_ids, val_samples).any()
+    assert trainer.run().steps == 4
 
 
-def test_int8_store_trains(panel_vcf, tmp_path):
-    store = str(tmp_path / "int8.zarr")
-    encode(str(panel_vcf), store, tiny_options(memory_dtype="int8"))
-    result = fit(options(store, tmp_path / "int8run", max_steps=4, eval_every=4))
-    assert np.isfinite(result.last_metrics["val_loss"])
+def test_int8_store_feeds_the_dequantised_memory(int8_store_path, store_path, tmp_path):
+    """An int8 store trains, and the memory its batches carry is the fp16 store's within int8 rounding."""
+    runs = {name: Trainer(options(path, tmp_path / name, max_steps=4, eval_every=4))
+            for name, path in (("int8", int8_store_path), ("fp16", store_path))}
+    ids = np.arange(16)
+    int8 = runs["int8"].builder().build(0, 1, ids).to(torch.device("cpu")).memory
+    fp16 = runs["fp16"].builder().build(0, 1, ids).memory.float()
+    scale = fp16.abs().amax(dim=-1, keepdim=True) / 127
+    assert (int8 - fp16).abs().le(scale * 0.51 + 1e-3).all()
+    assert runs["int8"].run().last_metrics["r2_all"] > 0
+
+
+def test_online_memory_and_the_store_come_from_the_same_forward_pass(store_path, tmp_path):
+    """Before training, the online baseline's memory of the retrieved neighbours is what `encode` stored."""
+    trainer = Trainer(options(store_path, tmp_path / "online", rag_mode="online"))
+    trainer.model.eval()
+    batches = trainer.builder()
+    ids, window = np.arange(8), 2
+    batch = batches.build(0, window, ids)
+    span = batches.key_span(window)
+    observed = apply_mask(trainer.train_queries.alleles[ids, span], batches.masks(0, window, ids))
+    neighbours = batches.retrieve(window, observed, ids)
+    with torch.no_grad():
+        online = trainer.model.online_memory(batch.neighbour_tokens, batch.af, batch.valid)
+    stored = open_store(store_path).read_neighbours(window, neighbours.reshape(-1)).values
+    n = int(trainer.store.plan.lengths[window])
+    np.testing.assert_allclose(online.reshape(stored.shape)[:, :n].numpy(), stored[:, :n].astype(np.float32),
+                               rtol=1e-2, atol=2e-3)
+
+
+def test_validation_scores_what_impute_would_write(store_path, tmp_path):
+    """The trainer validates through the same Imputer that `ragtrain impute` loads from the checkpoint."""
+    trainer = Trainer(options(store_path, tmp_path / "run", max_steps=6, eval_every=6))
+    trainer.run()
+    loaded = Imputer.load(tmp_path / "run" / "last.pt", trainer.store, torch.device("cpu"), batch_size=16)
+    assert loaded.retrieval == trainer.retrieval and loaded.stitch == "average"
+    np.testing.assert_array_equal(loaded.probabilities(trainer.val_queries, show_progress=False),
+                                  trainer.imputer.probabilities(trainer.val_queries, show_progress=False))
+    hidden = trainer.val_hidden[0]
+    assert hidden.any() and (trainer.val_queries.alleles[0][hidden] == -1).all()
+    assert (trainer.val_queries.alleles[0][~hidden] == trainer.val_truth[0][~hidden]).all()

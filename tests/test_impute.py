@@ -17,6 +17,7 @@ from ragtrain.evaluate import read_imputed, read_truth
 from ragtrain.fit import FitOptions, fit
 from ragtrain.impute import impute
 from ragtrain.metrics import MAF_BINS, summarise
+from ragtrain.retrieval import RetrievalSpec
 from stores import open_store
 from tests.conftest import TINY, tiny_options
 
@@ -29,7 +30,7 @@ def split(tmp_path_factory):
     store = str(root / "store.zarr")
     encode(str(paths["panel"]), store, tiny_options(config=replace(TINY, window=64), stride=56))
     fit(FitOptions(store=store, out=str(root / "run"), device="cpu", batch_size=16, max_steps=200, eval_every=200,
-                   warmup=5, lr=3e-3, k=8, seed=2, mask="array:2:0.05", val_mask="array:2:0.05"))
+                   warmup=5, lr=3e-3, retrieval=RetrievalSpec(k=8), seed=2, mask="array:2:0.05", val_mask="array:2:0.05"))
     out = root / "imputed.vcf.gz"
     impute(str(paths["target"]), store, str(root / "run" / "best.pt"), str(out), device="cpu")
     return {**paths, "store": store, "imputed": out, "root": root}
@@ -97,5 +98,5 @@ def test_average_and_core_stitching_differ_only_in_overlaps(split, tmp_path):
     average = read_imputed(str(paths["average"]), all_sites=True).dosage
     assert core.shape == average.shape
     store = open_store(split["store"])
-    first_overlap = int(store.windows["window_start"][1])
+    first_overlap = int(store.plan.starts[1])
     assert np.allclose(core[:first_overlap], average[:first_overlap], atol=2e-3)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from ragtrain.masking import VALIDATION_EPOCH, MaskSpec, apply_mask, mask_for, masks_for
+from ragtrain.masking import VALIDATION_EPOCH, MaskSpec, apply_mask, mask_for
+from stores.errors import UserError
 
 SPECS = [MaskSpec.parse(s) for s in ("random:0.3-0.8", "af:0.3-0.8", "array:10:0.05", "array:3:0.2")]
 AF = np.random.default_rng(0).beta(0.3, 0.6, size=256)
@@ -32,21 +33,22 @@ def test_parse_and_round_trip():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("", "expected random:LO-HI"),
-    ("uniform:0.3-0.8", "expected random:LO-HI"),
-    ("random", "expected random:LO-HI"),
-    ("random:abc", "expected random:LO-HI"),
-    ("random:0.3-", "expected random:LO-HI"),
+    ("", "bad mask"),
+    ("uniform:0.3-0.8", "bad mask"),
+    ("random", "bad mask"),
+    ("random:abc", "bad mask"),
+    ("random:0.3-", "bad mask"),
     ("random:0.8-0.3", "0 <= LO <= HI <= 1"),
     ("af:0.3-1.5", "0 <= LO <= HI <= 1"),
     ("array:0:0.05", "N must be >= 1"),
     ("array:10:0.7", r"MAF threshold must be in \[0, 0.5\]"),
-    ("array:2.5:0.05", "expected random:LO-HI"),
+    ("array:2.5:0.05", "bad mask"),
 ])
-def test_bad_spec_strings_raise_one_line_value_errors(text, message):
-    with pytest.raises(ValueError, match=message) as err:
-        MaskSpec.parse(text)
+def test_bad_spec_strings_raise_one_line_user_errors(text, message):
+    with pytest.raises(UserError, match=message) as err:
+        MaskSpec.parse(text, option="--val-mask")
     assert "\n" not in str(err.value) and repr(text) in str(err.value)
+    assert str(err.value).startswith("--val-mask: ") and "fix: write random:LO-HI" in str(err.value)
 
 
 def test_masks_are_independent_of_call_order_and_global_rng():
@@ -105,9 +107,14 @@ def test_array_edge_cases_keep_the_invariants(af):
             assert 1 <= mask.sum() <= 49
 
 
+def masks_for(spec: MaskSpec, seed: int, samples: np.ndarray, af: np.ndarray) -> np.ndarray:
+    """bool [samples, sites]: each sample's mask in window 0, epoch 0."""
+    return np.stack([mask_for(spec, seed, 0, int(s), 0, af) for s in samples])
+
+
 def test_random_mask_ratio_is_in_range():
     spec = MaskSpec.parse("random:0.3-0.8")
-    ratios = masks_for(spec, 1, 0, np.arange(300), 0, AF).mean(axis=1)
+    ratios = masks_for(spec, 1, np.arange(300), AF).mean(axis=1)
     assert ratios.min() >= 0.3 - 1 / 512 and ratios.max() <= 0.8 + 1 / 512
     assert ratios.min() < 0.35 and ratios.max() > 0.75  # spread over the range
 
@@ -132,10 +139,10 @@ def test_array_mask_keeps_every_nth_common_site():
 def test_af_mask_masks_rare_sites_more_often():
     af = np.tile([0.002, 0.01, 0.3, 0.5], 64)  # two rare, two common sites in each group of four
     spec = MaskSpec.parse("af:0.3-0.8")
-    masks = masks_for(spec, 3, 0, np.arange(400), 0, af)
+    masks = masks_for(spec, 3, np.arange(400), af)
     rare, common = masks[:, af < 0.05].mean(), masks[:, af >= 0.05].mean()
     assert rare > common + 0.25, (rare, common)
-    random_ratio = masks_for(MaskSpec.parse("random:0.3-0.8"), 3, 0, np.arange(400), 0, af).mean()
+    random_ratio = masks_for(MaskSpec.parse("random:0.3-0.8"), 3, np.arange(400), af).mean()
     assert abs(masks.mean() - random_ratio) < 0.03  # the same ratio as a random mask
 
 

@@ -8,12 +8,10 @@ from ragtrain.metrics import (
     BIN_LABELS,
     assign_bins,
     best_guess,
-    concordance,
     dosage_r2,
     dr2_from_gp,
     dr2_from_haplotypes,
     maf_from_af,
-    nonref_concordance,
     site_r2,
     summarise,
 )
@@ -61,16 +59,18 @@ def test_tiny_case_by_hand():
     assert dosage_r2(dosage, truth) == pytest.approx(2.05**2 / (1.85 * 2.75))
     called = best_guess(dosage)  # round: 0, 1, 2, 1
     assert called.tolist() == [[0, 1, 2, 1]]
-    assert concordance(called, truth) == pytest.approx(3 / 4)
+    row = summarise(dosage, truth, np.array([0.3]))[-1]
+    assert row["concordance"] == pytest.approx(3 / 4)
     # non-reference: the 3 genotypes where truth or call is not 0/0; 2 of them agree
-    assert nonref_concordance(called, truth) == pytest.approx(2 / 3)
+    assert row["nonref_concordance"] == pytest.approx(2 / 3) and row["n_nonref"] == 3
 
 
 def test_nonref_concordance_ignores_matching_hom_ref():
-    called = np.array([0, 0, 0, 0, 0, 0, 1, 2])
-    truth = np.array([0, 0, 0, 0, 0, 1, 1, 1])
-    assert concordance(called, truth) == pytest.approx(6 / 8)
-    assert nonref_concordance(called, truth) == pytest.approx(1 / 3)  # of (0,1), (1,1), (2,1)
+    called = np.array([[0, 0, 0, 0, 0, 0, 1, 2]], dtype=np.float64)
+    truth = np.array([[0, 0, 0, 0, 0, 1, 1, 1]])
+    row = summarise(called, truth, np.array([0.3]))[-1]
+    assert row["concordance"] == pytest.approx(6 / 8)
+    assert row["nonref_concordance"] == pytest.approx(1 / 3)  # of (0,1), (1,1), (2,1)
 
 
 def test_summarise_matches_pooled_corrcoef_per_bin():

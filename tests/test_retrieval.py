@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
+import faiss  # noqa: F401 - installed by `make test` (extra [cpu]): these tests exercise the real thing
 import numpy as np
 import pytest
 
 from ragtrain.retrieval import MATCH_BUCKETS, WindowIndex, encode_pm1, match_buckets, own_haplotypes, retrieve
-
-pytest.importorskip("faiss")  # installed by `pip install .[cpu]`: these tests exercise the real thing
+from stores.errors import UserError
 
 BACKENDS = ["faiss", "torch"]
 
@@ -117,7 +119,7 @@ def test_ids_index_the_right_rows(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_too_few_haplotypes_after_exclusion_is_a_clear_error(backend):
     ref = np.zeros((6, 5), dtype=np.int8)
-    with pytest.raises(ValueError, match="cannot retrieve k=5 .* 6 reference haplotypes .* 2 are excluded"):
+    with pytest.raises(UserError, match="cannot retrieve k=5 .* 6 reference haplotypes .* 2 are excluded"):
         retrieve(ref, ref[:2], 5, exclude=np.array([[0, 1], [2, 3]]), backend=backend)
     ids, _ = retrieve(ref, ref[:2], 4, exclude=np.array([[0, 1], [2, 3]]), backend=backend)
     assert ids.tolist() == [[2, 3, 4, 5], [0, 1, 4, 5]]
@@ -159,3 +161,11 @@ def test_match_buckets_within_equals_the_slice_of_the_whole_span():
     inside = slice(120, 180)
     assert np.array_equal(match_buckets(observed, neighbours, within=inside),
                           match_buckets(observed, neighbours)[:, :, inside])
+
+
+def test_missing_faiss_is_one_line_naming_the_option(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if faiss were not installed: import faiss fails
+    ref = np.zeros((4, 3), dtype=np.int8)
+    with pytest.raises(UserError, match=r"^--retrieval: faiss is asked for but not installed; fix: .*--retrieval torch"):
+        WindowIndex(ref, backend="faiss")
+    assert WindowIndex(ref, backend="auto").backend == "torch"  # auto falls back to the exact torch path

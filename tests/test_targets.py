@@ -8,10 +8,10 @@ import numpy as np
 import pysam
 import pytest
 
-from stores.errors import UserError
 from ragprep.vcf import read_panel
 from ragtrain.targets import load_targets
 from stores import open_store
+from stores.errors import UserError
 
 COMPLEMENT = {"A": "T", "C": "G", "G": "C", "T": "A"}
 N_SAMPLES = 4

@@ -8,12 +8,12 @@ import pytest
 from cyvcf2 import VCF
 from pysam import bcftools
 
-from stores.errors import UserError
 from ragprep.vcf import read_panel
 from ragtrain.metrics import dr2_from_haplotypes as dr2_from_haplotype_probs
 from ragtrain.targets import load_targets
 from ragtrain.vcf_writer import SCALE, Sites, _genotype_fields, write_imputed_vcf
 from stores import open_store
+from stores.errors import UserError
 
 N_SAMPLES = 4
 

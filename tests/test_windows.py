@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zarr
 
 from ragprep.model import MASK, PAD
-from ragprep.windows import WindowPlan, pad_window
-from stores import open_store
+from ragprep.windows import pad_window
+from stores import UserError, WindowPlan, open_store
 
 
 def check_plan(plan: WindowPlan) -> None:
@@ -51,8 +52,26 @@ def test_short_panel_is_one_padded_window():
 
 @pytest.mark.parametrize(("length", "stride", "n_sites"), [(32, 0, 10), (32, 33, 10), (32, 24, 0)])
 def test_bad_plans_are_refused(length, stride, n_sites):
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="fix:"):
         WindowPlan(length=length, stride=stride, n_sites=n_sites)
+
+
+def test_default_stride_overlaps_by_an_eighth():
+    assert WindowPlan.for_sites(1000, 256).stride == 224
+    assert WindowPlan.for_sites(1000, 256, stride=100).stride == 100
+    assert WindowPlan.for_sites(10, 4).stride == 4  # 4 - 4 // 8
+
+
+def test_key_span_core_and_coverage_come_from_the_plan():
+    plan = WindowPlan(length=32, stride=24, n_sites=100)
+    assert plan.key_span(1, 10) == slice(14, 66) and plan.key_span(0, 10) == slice(0, 42)
+    assert plan.key_span(plan.n_windows - 1, 1000) == slice(0, 100)
+    cores = np.concatenate([np.arange(plan.n_sites)[plan.core(w)] for w in range(plan.n_windows)])
+    assert cores.tolist() == list(range(plan.n_sites))  # every site in exactly one core
+    held = np.zeros(plan.n_sites, dtype=int)
+    for w in range(plan.n_windows):
+        held[plan.sites(w)] += 1
+    np.testing.assert_array_equal(plan.coverage(), held)
 
 
 def test_pad_window_tokens():
@@ -64,17 +83,29 @@ def test_pad_window_tokens():
 
 def test_store_keeps_the_plan_and_zero_padding(store_path):
     store = open_store(store_path)
-    plan = WindowPlan.from_dict(store.meta.window)
+    plan = store.plan
+    assert plan == WindowPlan.from_dict(store.meta.window)
     assert plan.n_sites == store.positions.size and store.n_windows == plan.n_windows > 1
     check_plan(plan)
-    np.testing.assert_array_equal(store.windows["window_start"], plan.starts)
-    np.testing.assert_array_equal(store.windows["window_length"], plan.lengths)
-    np.testing.assert_array_equal(store.windows["window_core_start"], plan.core_starts)
-    np.testing.assert_array_equal(store.windows["window_core_end"], plan.core_ends)
+    group = zarr.open_group(store_path, mode="r")  # the arrays other readers see say the same
+    np.testing.assert_array_equal(group["window_start"][:], plan.starts)
+    np.testing.assert_array_equal(group["window_length"][:], plan.lengths)
+    np.testing.assert_array_equal(group["window_core_start"][:], plan.core_starts)
+    np.testing.assert_array_equal(group["window_core_end"][:], plan.core_ends)
     last = plan.n_windows - 1
     assert plan.lengths[last] < plan.length  # the session panel's last window is padded
     values = store.read_window(last).values
     valid = plan.valid_mask(last)
     assert np.all(values[:, ~valid] == 0) and np.any(values[:, valid] != 0)
-    np.testing.assert_array_equal(store.window_haplotypes(last),
-                                  store.haplotypes(int(plan.starts[last]), plan.n_sites))
+    np.testing.assert_array_equal(store.alleles(plan.sites(last)),
+                                  store.alleles()[:, int(plan.starts[last]):plan.n_sites])
+
+
+def test_a_store_whose_window_arrays_disagree_with_its_plan_is_refused(store_path, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(store_path, broken)
+    zarr.open_group(str(broken), mode="r+")["window_start"][1] += 1
+    with pytest.raises(UserError, match="window_start disagrees with the window plan"):
+        open_store(str(broken))
