@@ -53,9 +53,6 @@ class Panel:
         alt = (self.alleles == 1).sum(axis=1)
         return (alt / np.maximum(observed.sum(axis=1), 1)).astype(np.float32)
 
-    def site_label(self, i: int) -> str:
-        return f"{self.contig}:{int(self.positions[i])}"
-
     def summary(self) -> str:
         text = (
             f"{self.path}: {self.n_samples} samples ({self.n_haplotypes} haplotypes), "

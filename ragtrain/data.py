@@ -20,7 +20,7 @@ import torch
 from ragprep.model import PAD
 from ragprep.windows import pad_window
 from ragtrain.masking import MaskSpec, apply_mask, mask_for
-from ragtrain.retrieval import RetrievalSpec, WindowIndex, match_buckets
+from ragtrain.retrieval import RetrievalSpec, WindowIndex, match_buckets, own_haplotypes
 from stores import EmbeddingStore
 
 IGNORE = -100  # label of sites that are not scored
@@ -38,11 +38,10 @@ class QuerySet:
         return int(self.alleles.shape[0])
 
 
-def panel_queries(panel_haps: np.ndarray, samples: np.ndarray) -> QuerySet:
+def panel_queries(panel_alleles: np.ndarray, samples: np.ndarray) -> QuerySet:
     """Both haplotypes of the given panel samples as queries, each excluding its own sample's haplotypes."""
-    haps = np.stack([2 * samples, 2 * samples + 1], axis=1).reshape(-1)
-    own = np.stack([2 * (haps // 2), 2 * (haps // 2) + 1], axis=1)
-    return QuerySet(panel_haps[haps], haps // 2, own)
+    own = own_haplotypes(np.repeat(samples, 2))
+    return QuerySet(panel_alleles[own[0::2].reshape(-1)], np.repeat(samples, 2), own)
 
 
 def external_queries(alleles: np.ndarray, sample_ids: np.ndarray, panel_ids: np.ndarray, key_offset: int = 0) -> QuerySet:
@@ -51,7 +50,7 @@ def external_queries(alleles: np.ndarray, sample_ids: np.ndarray, panel_ids: np.
     `key_offset`, so they can be kept apart from the panel's."""
     panel_index = {sid: i for i, sid in enumerate(panel_ids)}
     owner = np.repeat(np.array([panel_index.get(sid, -1) for sid in sample_ids], dtype=np.int64), 2)
-    exclude = np.where(owner[:, None] >= 0, np.stack([2 * owner, 2 * owner + 1], axis=1), -1)
+    exclude = np.where(owner[:, None] >= 0, own_haplotypes(owner), -1)
     keys = np.repeat(np.arange(len(sample_ids), dtype=np.int64), 2) + key_offset
     return QuerySet(np.ascontiguousarray(alleles.T), keys, exclude)
 
