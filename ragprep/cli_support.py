@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
 
-from stores.errors import UserError
+from stores.errors import UserError, environment_error
 
 EXIT_USER_ERROR = 2
-
-_ENVIRONMENT_FIXES = {
-    errno.ENOSPC: "free space there, or write somewhere else",
-    errno.EDQUOT: "free space there, or write somewhere else",
-    errno.EROFS: "write to a file system that is not read-only",
-    errno.EACCES: "write where you have permission, or change the permissions",
-    errno.EPERM: "write where you have permission, or change the permissions",
-    errno.EISDIR: "give a file name, not a folder",
-    errno.ENOTDIR: "a part of the path is a file: give a path through folders",
-    errno.EEXIST: "remove it, or give another name",
-    errno.ENOENT: "check the path",
-}
-
 
 @contextmanager
 def clean_errors() -> Iterator[None]:
@@ -36,9 +21,10 @@ def clean_errors() -> Iterator[None]:
     except UserError as err:
         _fail(str(err))
     except OSError as err:
-        if err.errno not in _ENVIRONMENT_FIXES or not err.filename:
+        user_error = environment_error(err)
+        if user_error is None:
             raise
-        _fail(str(UserError(err.filename, os.strerror(err.errno), _ENVIRONMENT_FIXES[err.errno])))
+        _fail(str(user_error))
 
 
 def _fail(message: str) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -16,6 +18,7 @@ from ragprep.progress import record_spinner
 from stores.errors import UserError
 
 MISSING = -1
+_ACGT = re.compile(r"[ACGTacgt]+")
 Multiallelic = Literal["skip", "error"]
 
 
@@ -33,6 +36,8 @@ class Panel:
     contig_length: int | None = None
     skipped_multiallelic: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+    other_alleles: int = 0  # kept records with a symbolic, '*' or non-ACGT allele (imputed like any biallelic marker)
+    other_examples: list[str] = field(default_factory=list)
 
     @property
     def n_variants(self) -> int:
@@ -65,6 +70,11 @@ class Panel:
                 f"; skipped {self.skipped_multiallelic} multiallelic records"
                 f" (first: {', '.join(self.skipped_examples)})"
             )
+        if self.other_alleles:
+            text += (
+                f"; kept {self.other_alleles} records with symbolic, '*' or non-ACGT alleles as biallelic markers"
+                f" (first: {', '.join(self.other_examples)})"
+            )
         return text
 
 
@@ -83,13 +93,38 @@ def parse_region(region: str | None) -> tuple[str, int, int] | None:
 
 def open_vcf(path: str) -> VCF:
     """Open a VCF/BCF, turning cyvcf2's failure into a one-line UserError."""
+    if Path(path).is_dir():
+        raise UserError(path, "is a folder, not a VCF", "give the path of a VCF, bgzipped VCF or BCF file")
     try:
         return VCF(str(path), lazy=True, threads=1)
     except Exception as err:  # noqa: BLE001 - cyvcf2 raises OSError, sometimes plain Exception
+        duplicate = _duplicate_sample(path)
+        if duplicate:
+            raise UserError(path, f"sample {duplicate} appears twice in the header",
+                            "give every sample a unique name (`bcftools reheader -s`)") from None
         raise UserError(
             path, f"not a readable VCF/BCF ({str(err).splitlines()[0][:120]})",
             "check the path and that it is a VCF, bgzipped VCF or BCF",
         ) from None
+
+
+def _duplicate_sample(path: str) -> str | None:
+    """The first sample name that the #CHROM line of a plain or gzipped VCF repeats (htslib refuses those)."""
+    try:
+        with gzip.open(path, "rt") if _is_gzip(path) else open(path) as handle:
+            for line in itertools.islice(handle, 100_000):
+                if line.startswith("#CHROM"):
+                    names = line.rstrip("\r\n").split("\t")[9:]
+                    seen: set[str] = set()
+                    return next((name for name in names if name in seen or seen.add(name)), None)
+    except (OSError, UnicodeDecodeError, EOFError):
+        return None
+    return None
+
+
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
 
 
 def read_panel(
@@ -117,8 +152,9 @@ def read_panel(
     alts: list[str] = []
     rows: list[np.ndarray] = []
     contig: str | None = None
-    skipped = 0
+    skipped = other = 0
     skipped_examples: list[str] = []
+    other_examples: list[str] = []
     last = "the header"
     with record_spinner(f"reading {path}") as tick:
         while True:
@@ -169,6 +205,10 @@ def read_panel(
                     path, "record without an ALT allele (monomorphic site)",
                     "drop such records (`bcftools view -m2 -M2`)", where,
                 )
+            if not (_ACGT.fullmatch(rec.REF) and _ACGT.fullmatch(rec.ALT[0])):
+                other += 1
+                if len(other_examples) < 3:
+                    other_examples.append(where)
             rows.append(_haplotype_row(rec.genotype.array(), samples, path, where, allow_missing))
             positions.append(rec.POS)
             refs.append(rec.REF)
@@ -189,6 +229,8 @@ def read_panel(
         contig_length=contig_lengths.get(contig),
         skipped_multiallelic=skipped,
         skipped_examples=skipped_examples,
+        other_alleles=other,
+        other_examples=other_examples,
     )
 
 
@@ -201,8 +243,8 @@ def _has_lengths(vcf: VCF) -> bool:
 
 def _records(vcf: VCF, path: str, region: str | None, wanted: tuple[str, int, int] | None) -> Iterator:
     """Iterate records, through the index when a region is asked for and one exists, else by a full scan."""
-    if wanted is None:
-        return iter(vcf)
+    if wanted is None or not any(Path(f"{path}.{ext}").exists() for ext in ("tbi", "csi")):
+        return iter(vcf)  # without an index file, scan (querying would make htslib print an error line)
     query = vcf(region)
     try:
         with warnings.catch_warnings():

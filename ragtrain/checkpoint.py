@@ -8,7 +8,7 @@ re-encode with its BERT). Written atomically; read with weights_only=True.
 
 from __future__ import annotations
 
-import errno
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ from ragprep.model import read_checkpoint
 from ragtrain.model import ModelConfig
 from ragtrain.retrieval import RetrievalSpec
 from stores import EmbeddingStore
-from stores.errors import UserError
+from stores.errors import UserError, environment_error
 
 
 @dataclass
@@ -42,17 +42,21 @@ def load_checkpoint(path: str | Path, store: EmbeddingStore, option: str = "--mo
 
 def save_atomic(state: dict, path: Path) -> None:
     """Write `state` beside `path`, then rename over it: a reader sees the old file or the new, never half.
-    On a full or read-only disk nothing is left behind and the error names the folder."""
+    Serialised in memory first, so a full or read-only disk is a plain OSError (naming the folder), and
+    nothing is left behind."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getbuffer())
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-            raise UserError(path.parent, f"cannot write {path.name}: {os.strerror(err.errno)}",
-                            "free space or choose a writable --out, then continue with --resume") from None
-        raise
+        user_error = environment_error(err, path.parent)
+        if user_error is None:
+            raise
+        raise UserError(user_error.source, f"cannot write {path.name}: {user_error.problem}",
+                        f"{user_error.fix}, then continue with --resume") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -237,3 +237,7 @@ def bench(
                                command=" ".join(["ragtrain", *map(shlex.quote, sys.argv[1:])]))
         _, stem = run_bench(options)
     console.print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":  # `python -m ragtrain.cli ...` runs the CLI too
+    app()

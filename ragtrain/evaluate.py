@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,6 +242,7 @@ def evaluate(imputed_paths: list[str], truth_path: str, out_dir: str, store: str
     """
     if not imputed_paths:
         raise UserError("IMPUTED", "no imputed VCF given", "pass one or more imputed VCFs")
+    out = _report_folder(out_dir)
     for path in imputed_paths:  # fail fast, before reading a large truth
         _open_imputed(str(path))
     opened = open_store(store, require_complete=False) if store else None
@@ -271,12 +274,40 @@ def evaluate(imputed_paths: list[str], truth_path: str, out_dir: str, store: str
         )
         site_r2 = _mean_by_bin(metrics.site_r2(dosage, true), metrics.assign_bins(metrics.maf_from_af(af)))
         sections.append(_markdown_section(label, imputed, table, counts, site_r2))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "report.csv", rows)
-    _write_markdown(out / "report.md", sections, truth_path, maf_source, all_sites)
-    _plot(out / "r2_by_maf.png", rows)
+    with _atomic(out / "report.csv") as path:
+        _write_csv(path, rows)
+    with _atomic(out / "report.md") as path:
+        _write_markdown(path, sections, truth_path, maf_source, all_sites)
+    with _atomic(out / "r2_by_maf.png") as path:
+        _plot(path, rows)
     return rows
+
+
+def _report_folder(out_dir: str) -> Path:
+    """The report folder, created and checked writable before any VCF is read."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(out, "exists and is a file; --out is the report folder", "give a folder path (new or existing)")
+    out.mkdir(parents=True, exist_ok=True)
+    probe = out / f".probe-{os.getpid()}"
+    try:
+        probe.open("w").close()
+    except OSError as err:
+        raise UserError(out, f"cannot write there ({os.strerror(err.errno)})",
+                        "choose an --out folder that is writable and has free space") from None
+    probe.unlink()
+    return out
+
+
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """Write to a temporary name beside `path`, then rename over it; on failure leave nothing."""
+    tmp = path.with_name(f".{path.name}.part-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

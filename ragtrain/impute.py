@@ -19,7 +19,7 @@ from ragtrain.data import BatchBuilder, Prefetcher, QuerySet, external_queries, 
 from ragtrain.model import RagImputer, batch_logits
 from ragtrain.retrieval import RetrievalSpec
 from ragtrain.targets import load_targets
-from ragtrain.vcf_writer import Sites, write_imputed_vcf
+from ragtrain.vcf_writer import Sites, check_output, write_imputed_vcf
 from stores import EmbeddingStore, open_store
 
 Stitch = Literal["core", "average"]
@@ -92,6 +92,7 @@ class Imputer:
 def impute(target_vcf: str, store_url: str, model_path: str, out: str, device: str = "auto", batch_size: int = 64,
            stitch: Stitch = "average", region: str | None = None, retrieval: str | None = None) -> ImputeReport:
     started = time.perf_counter()
+    check_output(out)  # before the work, not after it
     torch_device = resolve_device(device)
     store = open_store(store_url)
     imputer = Imputer.load(model_path, store, torch_device, backend=retrieval, batch_size=batch_size, stitch=stitch)

@@ -68,9 +68,7 @@ def write_imputed_vcf(
       sites observed alleles replace the model's probabilities (written as 0/1); missing calls keep them.
     With a Targets `t`: write_imputed_vcf(out, store, t.sample_ids, probs, t.typed, t.alleles).
     """
-    out = Path(out)
-    if not out.name.endswith(".vcf.gz"):
-        raise UserError(out, "the output must be a bgzipped VCF", "name it like imputed.vcf.gz")
+    out = check_output(out)
     if isinstance(sites, EmbeddingStore):
         sites = Sites.from_store(sites)
     sample_ids = [str(s) for s in sample_ids]
@@ -80,9 +78,10 @@ def write_imputed_vcf(
     typed = np.zeros(n_sites, dtype=bool) if typed is None else np.asarray(typed, dtype=bool)
     order = np.argsort(np.asarray(sites.positions), kind="stable")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
+    tmp, tmp_index = out.with_name(f"{out.name}.part-{os.getpid()}"), out.with_name(f"{out.name}.tbi.part-{os.getpid()}")
     try:
+        with open(tmp, "wb"):  # fails cleanly where BGZFile would crash (an unwritable path)
+            pass
         with BGZFile(str(tmp), "wb") as handle:
             handle.write(_header(sites, sample_ids, source).encode())
             for start in range(0, n_sites, CHUNK_SITES):
@@ -97,11 +96,31 @@ def write_imputed_vcf(
                     for i, r2, column in zip(rows.tolist(), dr2.tolist(), columns)
                 ]
                 handle.write("".join(lines).encode())
-    except BaseException:
+        pysam.tabix_index(str(tmp), preset="vcf", force=True, index=str(tmp_index))
+        os.replace(tmp_index, f"{out}.tbi")
+        os.replace(tmp, out)
+    except BaseException:  # nothing half-written is left: no temporaries, no output without its index
         tmp.unlink(missing_ok=True)
+        tmp_index.unlink(missing_ok=True)
         raise
-    os.replace(tmp, out)
-    pysam.tabix_index(str(out), preset="vcf", force=True)
+    return out
+
+
+def check_output(out: str | Path) -> Path:
+    """The imputed VCF's path, checked before any work: a .vcf.gz name, not a folder, in a folder we can write."""
+    out = Path(out)
+    if not out.name.endswith(".vcf.gz"):
+        raise UserError(out, "the output must be a bgzipped VCF", "name it like imputed.vcf.gz")
+    if out.is_dir():
+        raise UserError(out, "is a folder", "give a file name like imputed.vcf.gz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    probe = out.with_name(f".{out.name}.probe-{os.getpid()}")
+    try:
+        probe.open("wb").close()
+    except OSError as err:
+        raise UserError(out.parent, f"cannot write there ({os.strerror(err.errno)})",
+                        "choose an --out in a writable folder with free space") from None
+    probe.unlink()
     return out
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class UserError(Exception):
     """Something the user can fix: a bad file, a bad option, a store that does not fit, or an environment that
@@ -15,3 +18,26 @@ class UserError(Exception):
         self.source, self.problem, self.fix, self.place = str(source), problem, fix, place
         location = f"{self.source}: {place}" if place else self.source
         super().__init__(f"{location}: {problem}; fix: {fix}")
+
+
+ENVIRONMENT_FIXES = {
+    errno.ENOSPC: "free space there, or write somewhere else",
+    errno.EDQUOT: "free space there, or write somewhere else",
+    errno.EROFS: "write to a file system that is not read-only",
+    errno.EACCES: "write where you have permission, or change the permissions",
+    errno.EPERM: "write where you have permission, or change the permissions",
+    errno.EISDIR: "give a file name, not a folder",
+    errno.ENOTDIR: "a part of the path is a file: give a path through folders",
+    errno.EEXIST: "remove it, or give another name",
+    errno.ENOENT: "check the path",
+}
+"""What to do about an OSError that the environment, not the program, caused."""
+
+
+def environment_error(err: OSError, path: object | None = None) -> UserError | None:
+    """A UserError for a read-only, full or forbidden place (naming `path`, or the error's own file name);
+    None for any other OSError (a bug, which keeps its traceback)."""
+    where = err.filename or path
+    if err.errno not in ENVIRONMENT_FIXES or where is None:
+        return None
+    return UserError(where, os.strerror(err.errno), ENVIRONMENT_FIXES[err.errno])

@@ -15,7 +15,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from stores import schema
-from stores.errors import UserError
+from stores.errors import UserError, environment_error
 from stores.plan import WindowPlan
 
 
@@ -53,8 +53,10 @@ def create_store(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         _populate(zarr.open_group(str(staging), mode="w"), meta, arrays)
-    except BaseException:  # leave nothing behind: no store, no staging directory
+    except BaseException as err:  # leave nothing behind: no store, no staging directory
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, OSError) and (user_error := environment_error(err, target.parent)):
+            raise user_error from None
         raise
     try:
         staging.rename(target)
@@ -127,10 +129,18 @@ class StoreWriter:
         return np.asarray(self.done[:], dtype=bool)
 
     def write_window(self, window: int, values: np.ndarray, scales: np.ndarray | None = None) -> None:
-        """values [H, L, d] in the store's dtype (and scales [H, L] for int8); then mark the window done."""
-        self.embeddings[window] = values
-        if self.scales is not None:
-            if scales is None:
-                raise ValueError("an int8 store needs per-vector scales")
-            self.scales[window] = scales
-        self.done[window] = True
+        """values [H, L, d] in the store's dtype (and scales [H, L] for int8); then mark the window done.
+        A full or read-only disk is a UserError naming the store (which stays incomplete, and resumes)."""
+        if self.scales is not None and scales is None:
+            raise ValueError("an int8 store needs per-vector scales")
+        try:
+            self.embeddings[window] = values
+            if self.scales is not None:
+                self.scales[window] = scales
+            self.done[window] = True
+        except OSError as err:
+            user_error = environment_error(err, self.url)
+            if user_error is None:
+                raise
+            raise UserError(self.url, f"cannot write window {window}: {user_error.problem}",
+                            f"{user_error.fix}; the store stays incomplete: re-run the same command to finish it") from None

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import random
 import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -264,3 +269,32 @@ def test_validation_scores_what_impute_would_write(store_path, tmp_path):
     hidden = trainer.val_hidden[0]
     assert hidden.any() and (trainer.val_queries.alleles[0][hidden] == -1).all()
     assert (trainer.val_queries.alleles[0][~hidden] == trainer.val_truth[0][~hidden]).all()
+
+
+def test_killed_fit_resumes_to_the_uninterrupted_weights(store_path, tmp_path, one_thread):
+    """SIGKILL at a random step (a checkpoint every step), then `--resume`: the same weights as a run that was
+    never stopped."""
+    args = ["fit", "--store", store_path, "--device", "cpu", "--batch-size", "16", "--k", "4", "--retrieval-flank",
+            "0", "--max-steps", "40", "--eval-every", "1", "--warmup", "5", "--lr", "3e-3", "--seed", "5"]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ragtrain.cli", *args, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (killed / "last.pt").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "fit ended or stalled before a checkpoint"
+            time.sleep(0.01)
+        time.sleep(random.uniform(0.0, 0.5))
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    stopped_at = torch.load(killed / "last.pt", weights_only=True)["progress"]["step"]
+    assert 1 <= stopped_at < 40, stopped_at
+    runner = CliRunner()
+    assert runner.invoke(app, [*args, "--out", str(killed), "--resume"]).exit_code == 0
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "straight")]).exit_code == 0
+    resumed = torch.load(killed / "last.pt", weights_only=True)["model"]
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), name
