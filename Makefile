@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 DEMO   ?= demo
 SEED   ?= 1
 
-.PHONY: install test demo lint bench compare clean
+.PHONY: install test demo lint bench compare compare-real compare-real-run clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -68,5 +68,42 @@ compare: install
 			--store $(COMPARE)/store.zarr --out $(COMPARE)/report; \
 	fi
 
+# ragsnv and Beagle 5.4 on a real split: 1000 Genomes phase 3 EUR, chr20:1-4 Mb (Debian `shapeit4-example`).
+# The 300 reference + 202 phased samples of unphased.vcf.gz are merged; 50 are held out, typed at the OMNI
+# scaffold sites. Same stages and flags as `compare`.
+COMPARE_REAL ?= compare-real
+REAL_DATA    ?= /usr/share/doc/shapeit4/examples/test
+compare-real: install
+	test -f $(REAL_DATA)/reference.vcf.gz || apt-get install -y -q shapeit4-example >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null 2>&1 && apt-get install -y -q shapeit4-example >/dev/null 2>&1) || true
+	@if test -f $(REAL_DATA)/reference.vcf.gz; then $(MAKE) --no-print-directory compare-real-run; else \
+		echo "skipping compare-real: $(REAL_DATA)/reference.vcf.gz is missing and the Debian package" \
+			"'shapeit4-example' could not be installed (apt-get install shapeit4-example, or set REAL_DATA)"; fi
+
+compare-real-run:
+	rm -rf $(COMPARE_REAL) && mkdir -p $(COMPARE_REAL)
+	/usr/bin/time -f "ragprep split wall %e s" $(BIN)/ragprep split $(REAL_DATA)/reference.vcf.gz \
+		$(REAL_DATA)/unphased.vcf.gz --out $(COMPARE_REAL)/panel.vcf.gz --holdout 50 \
+		--sites $(REAL_DATA)/scaffold.vcf.gz --seed $(SEED)
+	/usr/bin/time -f "ragsnv encode wall %e s" $(BIN)/ragprep encode $(COMPARE_REAL)/panel.vcf.gz \
+		--out $(COMPARE_REAL)/store.zarr --seed $(SEED)
+	/usr/bin/time -f "ragsnv fit wall %e s" $(BIN)/ragtrain fit --store $(COMPARE_REAL)/store.zarr \
+		--out $(COMPARE_REAL)/run --max-steps 400 --eval-every 200 --mask array:10:0.05 --seed $(SEED)
+	/usr/bin/time -f "ragsnv impute wall %e s" $(BIN)/ragtrain impute $(COMPARE_REAL)/panel.target.vcf.gz \
+		--store $(COMPARE_REAL)/store.zarr --model $(COMPARE_REAL)/run/best.pt --out $(COMPARE_REAL)/ragsnv.vcf.gz
+	command -v beagle >/dev/null || apt-get install -y -q beagle >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null 2>&1 && apt-get install -y -q beagle >/dev/null 2>&1) || true
+	if command -v beagle >/dev/null; then \
+		/usr/bin/time -f "beagle wall %e s" beagle ref=$(COMPARE_REAL)/panel.vcf.gz \
+			gt=$(COMPARE_REAL)/panel.target.vcf.gz out=$(COMPARE_REAL)/beagle gp=true seed=$(SEED) nthreads=2 \
+			>/dev/null && \
+		$(BIN)/ragtrain evaluate $(COMPARE_REAL)/ragsnv.vcf.gz $(COMPARE_REAL)/beagle.vcf.gz \
+			--truth $(COMPARE_REAL)/panel.truth.vcf.gz --store $(COMPARE_REAL)/store.zarr --out $(COMPARE_REAL)/report; \
+	else \
+		echo "beagle could not be installed (Debian package 'beagle'): scoring ragsnv alone"; \
+		$(BIN)/ragtrain evaluate $(COMPARE_REAL)/ragsnv.vcf.gz --truth $(COMPARE_REAL)/panel.truth.vcf.gz \
+			--store $(COMPARE_REAL)/store.zarr --out $(COMPARE_REAL)/report; \
+	fi
+
 clean:
-	rm -rf $(VENV) $(DEMO) $(COMPARE) $(BENCH_OUT) *.egg-info
+	rm -rf $(VENV) $(DEMO) $(COMPARE) $(COMPARE_REAL) $(BENCH_OUT) *.egg-info

@@ -146,5 +146,27 @@ def inspect(
         print(f"{key:<{width}}  {value}")
 
 
+@app.command(epilog="Example: ragprep split reference.vcf.gz unphased.vcf.gz --out split/panel.vcf.gz "
+             "--holdout 50 --sites scaffold.vcf.gz --seed 1")
+def split(
+    vcfs: Annotated[list[Path], typer.Argument(metavar="VCF...", help="Phased VCFs/BCFs of the same region; "
+                                               "their samples are merged on the biallelic sites all share.")],
+    out: Annotated[Path, typer.Option(help="Panel VCF (.vcf.gz); also writes OUT.truth.vcf.gz and OUT.target.vcf.gz.")],
+    sites: Annotated[Path, typer.Option(help="VCF of the target's (array) sites, matched by contig, position, REF, ALT.")],
+    holdout: Annotated[int, typer.Option(min=1, help="Samples held out of the panel: truth (all sites) and target.")] = 50,
+    seed: Annotated[int, typer.Option(help="Random seed of the held-out samples (same seed, same files).")] = 1,
+) -> None:
+    """Split real phased VCFs like `simulate --holdout`: a panel, and held-out samples' truth and array target.
+
+    Drops (and counts) samples with unphased heterozygous, missing or non-diploid calls, and positions with more than one shared record (ragsnv needs one record a position).
+    """
+    from ragprep.split import split_panel
+
+    with clean_errors():
+        report = split_panel([str(v) for v in vcfs], out, holdout, sites, seed)
+    console.print(report.summary(), soft_wrap=True)
+    console.print("wrote " + ", ".join(f"{kind} {path}" for kind, path in report.paths.items()), soft_wrap=True)
+
+
 if __name__ == "__main__":  # `python -m ragprep.cli ...` runs the CLI too
     app()
