@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pysam
 
-from ragprep.errors import InputError
 from ragprep.progress import record_spinner
 from ragprep.vcf import open_vcf
+from stores.errors import UserError
 
 Key = tuple[str, int, str, str]  # contig, pos, REF, ALT
 
@@ -98,7 +98,7 @@ def split_panel(vcfs: list[str | Path], out: str | Path, holdout: int, sites: st
     """Merge phased VCFs on their shared biallelic sites, hold out `holdout` samples chosen by `seed`, and write
     OUT (panel), OUT.truth.vcf.gz and OUT.target.vcf.gz (held-out samples at the sites of `sites`)."""
     if not vcfs:
-        raise InputError("VCF", "no input VCF given", "give one or more phased VCFs of the same region")
+        raise UserError("VCF", "no input VCF given", "give one or more phased VCFs of the same region")
     inputs = [_read_calls(str(path)) for path in vcfs]
     _check_unique_samples(inputs)
 
@@ -110,7 +110,7 @@ def split_panel(vcfs: list[str | Path], out: str | Path, holdout: int, sites: st
     kept = [i for i in order if per_position[first.keys[i][:2]] == 1]
     if not kept:
         names = ", ".join(calls.path for calls in inputs)
-        raise InputError(first.path, f"no biallelic site (contig, position, REF, ALT) is in every input ({names})",
+        raise UserError(first.path, f"no biallelic site (contig, position, REF, ALT) is in every input ({names})",
                          "give VCFs of the same region, with the same contig names and allele normalization")
     keys = [first.keys[i] for i in kept]
     ids = [first.ids[i] for i in kept]
@@ -130,7 +130,7 @@ def split_panel(vcfs: list[str | Path], out: str | Path, holdout: int, sites: st
                for code, reason in enumerate(REASONS)}
     good = np.flatnonzero(first_reason == 0)
     if holdout < 1 or holdout >= good.size:
-        raise InputError(
+        raise UserError(
             "--holdout", f"cannot hold out {holdout} of {good.size} usable samples "
             f"({len(samples) - good.size} of {len(samples)} dropped)",
             f"give 1 <= --holdout < {good.size}",
@@ -167,7 +167,7 @@ def _read_calls(path: str) -> _Calls:
     vcf = open_vcf(path)
     samples = list(vcf.samples)
     if not samples:
-        raise InputError(path, "the VCF has no samples", "give VCFs with phased FORMAT/GT sample columns")
+        raise UserError(path, "the VCF has no samples", "give VCFs with phased FORMAT/GT sample columns")
     keys: list[Key] = []
     ids: list[str] = []
     rows: list[np.ndarray] = []
@@ -182,7 +182,7 @@ def _read_calls(path: str) -> _Calls:
             except StopIteration:
                 break
             except Exception:  # noqa: BLE001 - htslib read error mid-file: truncated or corrupt
-                raise InputError(path, f"the file breaks after record {last} (truncated or corrupt bgzip?)",
+                raise UserError(path, f"the file breaks after record {last} (truncated or corrupt bgzip?)",
                                  "re-create it (bgzip / bcftools view -Oz) and check it with `bcftools view`") from None
             last = f"{rec.CHROM}:{rec.POS}"
             tick()
@@ -207,7 +207,7 @@ def _read_calls(path: str) -> _Calls:
             rows.append(pair)
             flags.append(bad)
     if not rows:
-        raise InputError(path, "the VCF has no biallelic records", "check the file (`bcftools view -H -m2 -M2`)")
+        raise UserError(path, "the VCF has no biallelic records", "check the file (`bcftools view -H -m2 -M2`)")
     lengths = {m.group(1): int(m.group(2))
                for m in re.finditer(r"##contig=<ID=([^,>]+)[^>]*?length=(\d+)", vcf.raw_header)}
     return _Calls(path, samples, keys, ids, np.stack(rows), np.stack(flags), skipped, lengths)
@@ -221,7 +221,7 @@ def _check_unique_samples(inputs: list[_Calls]) -> None:
                 where = f"sample {sample}"
                 problem = (f"sample also in {seen[sample]}" if seen[sample] != calls.path
                            else "sample given twice (twice in the header, or the file given twice)")
-                raise InputError(calls.path, problem,
+                raise UserError(calls.path, problem,
                                  f"give each sample once (e.g. `bcftools view -s ^{sample}` on one file)", where)
             seen[sample] = calls.path
 
@@ -249,11 +249,11 @@ def _match_sites(path: str, keys: list[Key]) -> tuple[np.ndarray, dict[str, int]
                 counts["sites_other_alleles"] += 1
                 counts["sites_swapped"] += other[2:] == (rec.ALT[0] if rec.ALT else ".", rec.REF)
     except Exception as err:  # noqa: BLE001 - htslib read error mid-file
-        raise InputError(path, f"cannot read the sites VCF ({str(err).splitlines()[0][:120]})",
+        raise UserError(path, f"cannot read the sites VCF ({str(err).splitlines()[0][:120]})",
                          "re-create it (bcftools view -Oz) and check it with `bcftools view`") from None
     if not rows:
         contigs = sorted({key[0] for key in keys})
-        raise InputError(path, f"none of its {counts['sites_file_records']} records is a panel site "
+        raise UserError(path, f"none of its {counts['sites_file_records']} records is a panel site "
                          f"(panel contigs: {', '.join(contigs)})",
                          "give a sites VCF of the same region, contig names and alleles as the panel")
     return np.asarray(sorted(rows), dtype=np.int64), counts

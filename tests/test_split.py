@@ -11,9 +11,9 @@ from cyvcf2 import VCF
 from typer.testing import CliRunner
 
 from ragprep.cli import app
-from ragprep.errors import InputError
 from ragprep.split import split_panel
 from ragprep.vcf import read_panel
+from stores.errors import UserError
 
 A_SAMPLES = ("A1", "A2", "A3", "A4")
 B_SAMPLES = ("B1", "B2", "B3", "B4")
@@ -103,16 +103,16 @@ def test_same_seed_same_files(inputs, tmp_path):
 
 def test_bad_input_names_file_and_fix(inputs, tmp_path):
     out = tmp_path / "p.vcf.gz"
-    with pytest.raises(InputError, match=r"cannot hold out 7 of 7 usable samples.*fix: give 1 <= --holdout < 7"):
+    with pytest.raises(UserError, match=r"cannot hold out 7 of 7 usable samples.*fix: give 1 <= --holdout < 7"):
         split_panel([inputs["a"], inputs["b"]], out, 7, inputs["sites"])
     copy = tmp_path / "copy.vcf.gz"
     copy.write_bytes(inputs["a"].read_bytes())
-    with pytest.raises(InputError, match=r"copy\.vcf\.gz: sample A1: sample also in .*a\.vcf\.gz; fix: give each"):
+    with pytest.raises(UserError, match=r"copy\.vcf\.gz: sample A1: sample also in .*a\.vcf\.gz; fix: give each"):
         split_panel([inputs["a"], copy], out, 1, inputs["sites"])
     other = write_vcf_text(tmp_path / "other.vcf.gz", [vcf_record(100, "0|1", alt="T")], ("C1",))
-    with pytest.raises(InputError, match=r"no biallelic site .* is in every input"):
+    with pytest.raises(UserError, match=r"no biallelic site .* is in every input"):
         split_panel([inputs["a"], other], out, 1, inputs["sites"])
-    with pytest.raises(InputError, match=r"other\.vcf\.gz: none of its 1 records is a panel site"):
+    with pytest.raises(UserError, match=r"other\.vcf\.gz: none of its 1 records is a panel site"):
         split_panel([inputs["a"]], out, 1, other)
 
 
