@@ -148,9 +148,12 @@ class Bert(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None = None,
-                after_block: AfterBlock | None = None) -> torch.Tensor:
-        """The project's one pass over the blocks; `after_block` may change the hidden states between blocks."""
+                after_block: AfterBlock | None = None, site_features: torch.Tensor | None = None) -> torch.Tensor:
+        """The project's one pass over the blocks; `site_features` [B, L, D] are added to the embeddings,
+        `after_block` may change the hidden states between blocks."""
         x = self.embed(tokens, af)
+        if site_features is not None:
+            x = x + site_features
         mask = attention_mask(valid)
         for i, block in enumerate(self.blocks):
             if self.gradient_checkpointing and self.training:

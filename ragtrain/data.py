@@ -19,9 +19,11 @@ import torch
 
 from ragprep.model import PAD
 from ragprep.windows import pad_window
+from ragtrain.hmm import WEIGHT_BUCKETS, copying, weight_buckets
 from ragtrain.masking import MaskSpec, apply_mask, mask_for
 from ragtrain.retrieval import RetrievalSpec, WindowIndex, match_buckets, own_haplotypes
 from stores import EmbeddingStore
+from stores.errors import UserError
 
 IGNORE = -100  # label of sites that are not scored
 
@@ -71,10 +73,13 @@ class Batch:
     af: torch.Tensor  # float32 [B, L]
     valid: torch.Tensor  # bool [B, L]
     labels: torch.Tensor  # int64 [B, L], IGNORE where not scored
+    neighbour_ids: np.ndarray | None = None  # int64 [B, k] panel haplotypes retrieved
     neighbour_tokens: torch.Tensor | None = None  # int64 [B, k, L]
     memory: torch.Tensor | None = None  # float16 or int8 [B, k, L, d_mem]
     memory_scales: torch.Tensor | None = None  # float16 [B, k, L] for int8 memory
     neighbour_match: torch.Tensor | None = None  # int64 [B, k, L] match-length buckets (retrieval.match_buckets)
+    copy_prob: torch.Tensor | None = None  # float32 [B, L]: the copying model's P(ALT) (0.5 at padding)
+    neighbour_weight: torch.Tensor | None = None  # int64 [B, k, L] copying-probability buckets (hmm.weight_buckets)
 
     def to(self, device: torch.device) -> Batch:
         """Move tensors to `device` and dequantise int8 memory there (4x less host-to-device traffic)."""
@@ -106,7 +111,13 @@ class BatchBuilder:
                  retrieval: RetrievalSpec, rag_mode: str, mask: MaskSpec | None = None, seed: int = 0) -> None:
         self.store, self.panel_alleles, self.queries = store, panel_alleles, queries
         self.retrieval, self.rag_mode, self.mask, self.seed = retrieval, rag_mode, mask, seed
+        most = panel_alleles.shape[0] - queries.exclude.shape[1]
+        if retrieval.k > most:
+            raise UserError("--k", f"cannot retrieve k={retrieval.k} neighbours from {panel_alleles.shape[0]} reference "
+                            f"haplotypes when {queries.exclude.shape[1]} are excluded per query",
+                            f"lower --k to at most {most}")
         self.plan = store.plan
+        self.cm = store.genetic_positions()
         self._index: tuple[int, WindowIndex] | None = None
 
     def key_span(self, window: int) -> slice:
@@ -144,9 +155,14 @@ class BatchBuilder:
         batch = Batch(window, np.asarray(query_ids), torch.from_numpy(tokens),
                       torch.from_numpy(af).expand(b, -1).contiguous(),
                       torch.from_numpy(valid).expand(b, -1).contiguous(), torch.from_numpy(labels))
+        ids = None
+        if self.retrieval.selection == "copying":
+            ids = self.copy(batch, window, key_observed, query_ids)
         if self.rag_mode == "none":
             return batch
-        ids = self.retrieve(window, key_observed, query_ids)
+        if ids is None:
+            ids = self.retrieve(window, key_observed, query_ids)
+        batch.neighbour_ids = ids
         neighbours = np.full((b, k, self.plan.length), PAD, dtype=np.int64)
         neighbours[:, :, :n] = self.panel_alleles[ids, span]
         batch.neighbour_tokens = torch.from_numpy(neighbours)
@@ -160,6 +176,24 @@ class BatchBuilder:
             if block.scales is not None:
                 batch.memory_scales = torch.from_numpy(block.scales.reshape(b, k, self.plan.length))
         return batch
+
+    def copy(self, batch: Batch, window: int, key_observed: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
+        """Run the copying model over the key span: set batch.copy_prob and batch.neighbour_weight, and return the
+        k haplotypes [B, k] each query copies most inside the window (ties: lower id)."""
+        span, key_span = self.plan.sites(window), self.key_span(window)
+        inside = slice(span.start - key_span.start, span.stop - key_span.start)
+        panel = self.panel_alleles[:, key_span]
+        model = copying(panel, key_observed, self.cm[key_span], self.queries.exclude[query_ids],
+                        ne=self.retrieval.ne, mismatch=self.retrieval.mismatch)
+        b, n, length = len(query_ids), span.stop - span.start, self.plan.length
+        prob = np.full((b, length), 0.5, dtype=np.float32)
+        prob[:, :n] = model.alt_probability(panel, inside)
+        batch.copy_prob = torch.from_numpy(prob)
+        ids = np.argsort(-model.mass(inside), axis=1, kind="stable")[:, :self.retrieval.k]
+        weight = np.full((b, self.retrieval.k, length), WEIGHT_BUCKETS - 1, dtype=np.int64)
+        weight[:, :, :n] = weight_buckets(model.weights(ids, inside))
+        batch.neighbour_weight = torch.from_numpy(weight)
+        return ids.astype(np.int64)
 
     def retrieve(self, window: int, observed: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
         """int64 [B, k] panel haplotype ids nearest each masked query over its observed key-span sites."""

@@ -206,7 +206,7 @@ class Trainer:
         self.config, self.retrieval = options.model_config(bert.config), options.retrieval
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)
-            self.model = RagImputer(self.config, match_features=self.retrieval.match_features)
+            self.model = RagImputer(self.config, self.retrieval)
         self.model.bert.load_state_dict(bert.state_dict())
         self.model.bert.gradient_checkpointing = options.checkpointing
         self.model.to(self.device)

@@ -53,7 +53,7 @@ class Imputer:
              **kwargs) -> Imputer:
         """From a `ragtrain fit` checkpoint; `backend` overrides the retrieval backend (same neighbours)."""
         ckpt = load_checkpoint(path, store)
-        model = RagImputer(ckpt.model_config, match_features=ckpt.retrieval.match_features)
+        model = RagImputer(ckpt.model_config, ckpt.retrieval)
         model.load_state_dict(ckpt.state["model"])
         retrieval = ckpt.retrieval if backend is None else replace(ckpt.retrieval, backend=backend)
         return cls(model.to(device), retrieval, store, device, **kwargs)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ragprep.model import VOCAB, Attention, Bert, BertConfig, attention_mask
-from ragtrain.retrieval import MATCH_BUCKETS
+from ragtrain.hmm import WEIGHT_BUCKETS
+from ragtrain.retrieval import MATCH_BUCKETS, RetrievalSpec
 from stores.errors import UserError
 
 RagMode = Literal["precomputed", "online", "none"]
@@ -78,22 +79,25 @@ class NeighbourMemory(nn.Module):
     """The neighbours' memory as keys/values see it, built once for all fused layers, in the memory dim:
     LN(stored state + embedding of the neighbour's allele), plus an optional light adapter (LUMEN-style)."""
 
-    def __init__(self, config: ModelConfig, match_features: bool) -> None:
+    def __init__(self, config: ModelConfig, retrieval: RetrievalSpec) -> None:
         super().__init__()
         d = config.bert.d_memory
         self.alleles = nn.Embedding(VOCAB, d) if config.neighbour_alleles else None
-        self.match = nn.Embedding(MATCH_BUCKETS, d) if match_features else None
+        self.match = nn.Embedding(MATCH_BUCKETS, d) if retrieval.match_features else None
+        self.weight = nn.Embedding(WEIGHT_BUCKETS, d) if retrieval.selection == "copying" else None
         self.adapter = (nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
                         if config.adapter else None)
         self.norm = nn.LayerNorm(d)
 
     def forward(self, memory: torch.Tensor, neighbour_tokens: torch.Tensor,
-                neighbour_match: torch.Tensor | None = None) -> torch.Tensor:
+                neighbour_match: torch.Tensor | None = None, neighbour_weight: torch.Tensor | None = None) -> torch.Tensor:
         m = memory.to(self.norm.weight.dtype)
         if self.alleles is not None:
             m = m + self.alleles(neighbour_tokens)
         if self.match is not None:
             m = m + self.match(neighbour_match)
+        if self.weight is not None:
+            m = m + self.weight(neighbour_weight)
         if self.adapter is not None:
             m = m + self.adapter(m)
         return self.norm(m)
@@ -131,31 +135,47 @@ class MemoryFusion(nn.Module):
 class RagImputer(nn.Module):
     """Logits [B, L, 2] (REF, ALT) for every site of a query window.
 
-    `match_features` (a retrieval setting) adds the embedding of the neighbours' match lengths to the memory.
+    With the copying model (`RetrievalSpec.selection == "copying"`) the model starts from its ALT probability:
+    that probability is embedded into every site's input, its logit is added to the ALT logit with a learnt
+    scale (1 at first: an untrained network imputes as the copying model does), and each neighbour's
+    copying probability at each site joins its memory. The network learns what the copying model misses.
     """
 
-    def __init__(self, config: ModelConfig, match_features: bool = True) -> None:
+    def __init__(self, config: ModelConfig, retrieval: RetrievalSpec) -> None:
         super().__init__()
         self.config = config
         self.bert = Bert(config.bert)
-        self.neighbour_memory = NeighbourMemory(config, match_features) if config.rag_mode != "none" else None
+        self.neighbour_memory = NeighbourMemory(config, retrieval) if config.rag_mode != "none" else None
         self.fusions = nn.ModuleDict({str(i): MemoryFusion(config) for i in config.layers_fused})
         self.head = nn.Linear(config.bert.d_model, 2)
+        self.copy_features = nn.Linear(2, config.bert.d_model) if retrieval.selection == "copying" else None
+        self.copy_scale = nn.Parameter(torch.ones(())) if retrieval.selection == "copying" else None
 
     def forward(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None = None,
                 memory: torch.Tensor | None = None, neighbour_tokens: torch.Tensor | None = None,
-                neighbour_match: torch.Tensor | None = None) -> torch.Tensor:
+                neighbour_match: torch.Tensor | None = None, copy_prob: torch.Tensor | None = None,
+                neighbour_weight: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, L]; af [B, L]; valid [B, L]; memory [B, k, L, d_mem] (precomputed) or None (online: built
-        here from neighbour_tokens [B, k, L] through the trainable BERT); neighbour_match [B, k, L] buckets."""
+        here from neighbour_tokens [B, k, L] through the trainable BERT); neighbour_match, neighbour_weight
+        [B, k, L] buckets; copy_prob [B, L] the copying model's P(ALT)."""
         if self.config.rag_mode == "online":
             memory = self.online_memory(neighbour_tokens, af, valid)
         if self.neighbour_memory is not None:
-            memory = self.neighbour_memory(memory, neighbour_tokens, neighbour_match)
+            memory = self.neighbour_memory(memory, neighbour_tokens, neighbour_match, neighbour_weight)
 
         def fuse(layer: int, x: torch.Tensor) -> torch.Tensor:
             return self.fusions[str(layer)](x, memory, valid) if str(layer) in self.fusions else x
 
-        return self.head(self.bert(tokens, af, valid, after_block=fuse if self.fusions else None))
+        prior = features = None
+        if self.copy_features is not None:
+            p = copy_prob.float().clamp(1e-4, 1 - 1e-4)
+            prior = torch.log(p) - torch.log1p(-p)  # logit
+            features = self.copy_features(torch.stack([p, prior / 8], dim=-1).to(self.copy_features.weight.dtype))
+        logits = self.head(self.bert(tokens, af, valid, after_block=fuse if self.fusions else None,
+                                     site_features=features))
+        if prior is None:
+            return logits
+        return logits + torch.stack([torch.zeros_like(prior), self.copy_scale * prior], dim=-1).to(logits.dtype)
 
     def online_memory(self, neighbour_tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """The research design: retrieved haplotypes through the trainable BERT, with gradients."""
@@ -171,4 +191,4 @@ def batch_logits(model: RagImputer, batch) -> torch.Tensor:
     device_type = batch.tokens.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
         return model(batch.tokens, batch.af, batch.valid, batch.memory, batch.neighbour_tokens,
-                     batch.neighbour_match)
+                     batch.neighbour_match, batch.copy_prob, batch.neighbour_weight)

@@ -25,22 +25,36 @@ import torch
 from stores.errors import UserError
 
 Backend = Literal["auto", "faiss", "torch"]
+Selection = Literal["copying", "hamming"]
 
 
 @dataclass(frozen=True)
 class RetrievalSpec:
     """How neighbours are found and described: saved in every checkpoint, so impute retrieves as fit did.
 
-    k: neighbours a query window; flank: sites each side of a window whose observed alleles also key
-    retrieval (an array types ~1 % of sites, a few a window: too few to match on); match_features: give the
-    model each neighbour's match length around each site (`match_buckets`); backend: FAISS or torch, which
-    return identical neighbours (so it may differ between fit and impute).
+    k: neighbours a query window; flank: sites each side of a window whose observed alleles also inform
+    retrieval (an array types ~1 % of sites: a few a window, too few to match on); selection: "copying"
+    (the k haplotypes the Li-Stephens copying model says the query copies most inside the window, with the
+    model's per-site copying probabilities and ALT probability given to the network; `ragtrain.hmm`) or
+    "hamming" (the k nearest by Hamming distance over the observed sites of the whole span); ne, mismatch: the
+    copying model's effective population size and allele mismatch probability; match_features: give the model
+    each neighbour's match length around each site (`match_buckets`); backend: FAISS or torch for Hamming
+    search, which return identical neighbours (so it may differ between fit and impute).
     """
 
     k: int = 8
-    flank: int = 2048
+    flank: int = 8192
+    selection: Selection = "copying"
+    ne: float = 20_000.0
+    mismatch: float = 1e-3
     match_features: bool = True
     backend: Backend = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.ne > 0:
+            raise UserError("--ne", f"{self.ne} is not a positive number", "give an effective population size, e.g. 20000")
+        if not 0 < self.mismatch < 0.5:
+            raise UserError("--mismatch", f"{self.mismatch} is outside (0, 0.5)", "give a small probability, e.g. 0.001")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,7 +65,8 @@ class RetrievalSpec:
 
     def differences(self, other: RetrievalSpec) -> list[str]:
         """Settings that change which neighbours are found or what the model sees (not the backend)."""
-        return [f"{name} {getattr(self, name)} vs {getattr(other, name)}" for name in ("k", "flank", "match_features")
+        names = ("k", "flank", "selection", "ne", "mismatch", "match_features")
+        return [f"{name} {getattr(self, name)} vs {getattr(other, name)}" for name in names
                 if getattr(self, name) != getattr(other, name)]
 
 FAISS_GPU_MAX_K = 2048  # GpuIndexFlat selects at most this many neighbours; larger searches use torch

@@ -122,6 +122,13 @@ class EmbeddingStore:
     def sample_ids(self) -> np.ndarray:
         return np.asarray(self.group[schema.SAMPLE_ID][:])
 
+    def genetic_positions(self) -> np.ndarray:
+        """float64 [variants]: each site's genetic position in cM (the map given to `ragprep encode
+        --genetic-map`, else 1 cM/Mb)."""
+        if schema.VARIANT_GENETIC_POSITION in self.group:
+            return np.asarray(self.group[schema.VARIANT_GENETIC_POSITION][:], dtype=np.float64)
+        return self.positions.astype(np.float64) * schema.UNIFORM_CM_PER_BP
+
     def alleles(self, sites: slice = slice(None)) -> np.ndarray:
         """int8 [haplotypes, sites]: the panel's alleles (0 REF, 1 ALT), haplotype-major; haplotype h is allele
         h % 2 of sample h // 2."""

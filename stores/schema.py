@@ -37,6 +37,10 @@ WINDOW_CORE_START = "window_core_start"
 WINDOW_CORE_END = "window_core_end"
 WINDOW_DONE = "window_done"
 EMBEDDINGS = "embeddings"
+VARIANT_GENETIC_POSITION = "variant_genetic_position"  # optional: cM of each site, from a genetic map
+
+UNIFORM_CM_PER_BP = 1e-6
+"""Genetic positions without a map: 1 cM/Mb."""
 EMBEDDING_SCALE = "embedding_scale"
 
 MEMORY_DTYPES = ("float16", "int8")

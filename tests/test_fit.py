@@ -44,7 +44,8 @@ def test_retrieval_beats_no_retrieval(store_path, tmp_path):
 
     Half the sites observed, so that Hamming retrieval over a 32-site window has sites to match on
     (seen: 0.84 vs 0.72)."""
-    dense = {"max_steps": 120, "eval_every": 120, "val_mask": "random:0.5-0.5"}
+    dense = {"max_steps": 120, "eval_every": 120, "val_mask": "random:0.5-0.5",
+             "retrieval": RetrievalSpec(k=4, flank=0, selection="hamming")}
     with_memory = fit(options(store_path, tmp_path / "rag", **dense))
     without = fit(options(store_path, tmp_path / "none", rag_mode="none", **dense))
     assert with_memory.last_metrics["r2_all"] > without.last_metrics["r2_all"] + 0.08
@@ -84,7 +85,8 @@ def test_checkpoint_loads_with_weights_only(store_path, tmp_path):
     fit(options(store_path, tmp_path / "run", max_steps=2, eval_every=2, retrieval=RetrievalSpec(k=3, flank=40)))
     ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "rng", "progress", "model_config", "retrieval"} <= set(ckpt)
-    assert ckpt["retrieval"] == {"k": 3, "flank": 40, "match_features": True, "backend": "auto"}
+    assert ckpt["retrieval"] == RetrievalSpec(k=3, flank=40).to_dict()
+    assert {"k", "flank", "selection", "ne", "mismatch", "match_features", "backend"} == set(ckpt["retrieval"])
     assert "k" not in ckpt["model_config"] and "checkpointing" not in ckpt["model_config"]
     assert not list((tmp_path / "run").glob("*.tmp-*"))  # atomic writes leave no temporaries
 
@@ -126,18 +128,22 @@ def test_without_validation_samples_best_is_the_latest_and_no_r2_is_reported(sto
     assert best["progress"]["step"] == 2
 
 
-def test_query_never_retrieves_its_own_sample_and_ids_index_the_store(store_path):
+@pytest.mark.parametrize("selection", ["copying", "hamming"])
+def test_query_never_retrieves_its_own_sample_and_ids_index_the_store(store_path, selection):
     store = open_store(store_path)
     haps = store.alleles()
     train, _ = split_samples(haps.shape[0] // 2, 0.2, seed=1)
     queries = panel_queries(haps, train)
-    batches = builder(store, haps, queries, "random:0.5-0.5")
+    batches = builder(store, haps, queries, "random:0.5-0.5", selection=selection)
     for window in range(store.n_windows):
         ids = np.arange(len(queries))
         batch = batches.build(0, window, ids)
         span = store.plan.sites(window)
-        neighbours = batches.retrieve(window, np.where(batch.labels[:, :span.stop - span.start].numpy() >= 0, -1,
-                                                       queries.alleles[ids, span]), ids)
+        neighbours = batch.neighbour_ids
+        if selection == "hamming":
+            np.testing.assert_array_equal(neighbours, batches.retrieve(
+                window, np.where(batch.labels[:, :span.stop - span.start].numpy() >= 0, -1, queries.alleles[ids, span]),
+                ids))
         own = queries.sample_key[ids]
         assert not (neighbours // 2 == own[:, None]).any()
         expected = store.read_neighbours(window, neighbours.reshape(-1)).values
@@ -156,7 +162,7 @@ def test_retrieval_flank_finds_neighbours_that_match_the_hidden_sites(store_path
     ids = np.arange(len(queries))
     agreement = {}
     for flank in (0, 96):
-        batches = builder(store, haps, queries, "array:6:0.05", flank=flank)
+        batches = builder(store, haps, queries, "array:6:0.05", flank=flank, selection="hamming")
         hits = total = 0
         for window in range(store.n_windows):
             batch, span = batches.build(0, window, ids), store.plan.sites(window)
@@ -181,7 +187,7 @@ def test_match_features_describe_the_retrieved_neighbours(store_path):
     batch = batches.build(0, window, ids)
     span, key = store.plan.sites(window), batches.key_span(window)
     observed = apply_mask(queries.alleles[ids, key], batches.masks(0, window, ids))
-    neighbours = batches.retrieve(window, observed, ids)
+    neighbours = batch.neighbour_ids
     expected = match_buckets(observed, haps[neighbours, key])[:, :, span.start - key.start:span.stop - key.start]
     assert np.array_equal(batch.neighbour_match.numpy()[:, :, :span.stop - span.start], expected)
     assert batch.neighbour_match.shape == batch.neighbour_tokens.shape

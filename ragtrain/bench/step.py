@@ -25,8 +25,9 @@ from ragprep.encode import resolve_device
 from ragprep.model import ALT, MASK, BertConfig
 from ragtrain.data import IGNORE, Batch
 from ragtrain.fit import train_step
+from ragtrain.hmm import WEIGHT_BUCKETS
 from ragtrain.model import ModelConfig, RagImputer
-from ragtrain.retrieval import MATCH_BUCKETS
+from ragtrain.retrieval import MATCH_BUCKETS, RetrievalSpec
 
 
 @dataclass
@@ -74,10 +75,12 @@ def synthetic_batch(case: StepCase, generator: torch.Generator) -> Batch:
                   tokens=torch.where(hidden, MASK, alleles),
                   af=torch.rand(length, generator=generator).expand(b, -1).contiguous(),
                   valid=torch.ones(b, length, dtype=torch.bool),
-                  labels=torch.where(hidden, alleles, IGNORE))
+                  labels=torch.where(hidden, alleles, IGNORE),
+                  copy_prob=torch.rand(b, length, generator=generator))
     if case.mode != "none":
         batch.neighbour_tokens = torch.randint(0, ALT + 1, (b, k, length), generator=generator)
         batch.neighbour_match = torch.randint(0, MATCH_BUCKETS, (b, k, length), generator=generator)
+        batch.neighbour_weight = torch.randint(0, WEIGHT_BUCKETS, (b, k, length), generator=generator)
     if case.mode == "precomputed":
         batch.memory = torch.randn(b, k, length, d_mem, generator=generator).to(torch.float16)
     return batch
@@ -110,9 +113,9 @@ def measure_step(case: StepCase) -> StepResult:
     result = StepResult(status="ok", device=describe_device(device), baseline_rss_mb=_rss_mb())
     torch.manual_seed(case.seed)
     generator = torch.Generator().manual_seed(case.seed)
-    config = ModelConfig(bert=case.bert, rag_mode=case.mode)  # match features on, as `fit` trains by default
+    config = ModelConfig(bert=case.bert, rag_mode=case.mode)
     try:
-        model = RagImputer(config, match_features=True).to(device).train()
+        model = RagImputer(config, RetrievalSpec(k=case.k)).to(device).train()  # retrieval as `fit` trains by default
         result.parameters = sum(p.numel() for p in model.parameters())
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         host = synthetic_batch(case, generator)
