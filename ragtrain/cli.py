@@ -66,6 +66,7 @@ def fit(
     fusion_layers: Annotated[str | None, typer.Option(help="Comma-separated layers (0-based) followed by fusion (default: all).")] = None,
     neighbour_alleles: Annotated[bool, typer.Option(help="Embed the neighbours' alleles beside their stored states.")] = _FIT.neighbour_alleles,
     adapter: Annotated[bool, typer.Option(help="Light trainable adapter over the memory (LUMEN-style).")] = _FIT.adapter,
+    targets: Annotated[Path | None, typer.Option(help="Target VCF to be imputed: train and validate with its typed sites observed and all others hidden (the task impute will face); overrides --mask and --val-mask.")] = None,
     mask: Annotated[str, typer.Option(help="Training masks: random:LO-HI, af:LO-HI, or array:EVERY:MIN_MAF.")] = _FIT.mask,
     val_mask: Annotated[str, typer.Option(help="Fixed validation mask, one a sample over the whole panel (same syntax).")] = _FIT.val_mask,
     val_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Samples held out for validation (0: none; best.pt is then the latest).")] = _FIT.val_fraction,
@@ -115,6 +116,32 @@ def _layers(text: str | None) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise UserError("--fusion-layers", f"cannot read {text!r}", "give layer numbers separated by commas, e.g. 0,2") from None
+
+
+@app.command(epilog="Example: ragtrain pretrain --store store.zarr --out runs/encoder --max-steps 300\n\n"
+               "then: ragprep encode panel.vcf.gz --out trained.zarr --encoder runs/encoder/encoder.pt")
+def pretrain(
+    store: Annotated[str, typer.Option(help="Store of the panel (its encoder gives the starting weights).")],
+    out: Annotated[Path, typer.Option(help="Run folder: encoder.pt, last.pt, metrics.csv.")],
+    mask: Annotated[str, typer.Option(help="Masks of the masked-allele objective (random:LO-HI, af:LO-HI, array:N:MAF).")] = "random:0.3-0.8",
+    max_steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 300,
+    batch_size: Annotated[int, typer.Option(min=1, help="Haplotypes a batch.")] = _FIT.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = _FIT.lr,
+    seed: Annotated[int, typer.Option(help="Seed of split, masks and batch order.")] = _FIT.seed,
+    device: Annotated[Device, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = Device.auto,
+    overwrite: Annotated[bool, typer.Option(help="Replace the run in OUT.")] = False,
+) -> None:
+    """Train the encoder alone (masked alleles over the panel's haplotypes, no retrieval); write OUT/encoder.pt
+    to re-encode the store with (`ragprep encode --encoder`)."""
+    from ragtrain.fit import pretrain as run_pretrain
+
+    with clean_errors():
+        options = FitOptions(store=store, out=str(out), mask=mask, val_mask=mask, max_steps=max_steps,
+                             eval_every=max_steps, batch_size=batch_size, lr=lr, seed=seed, device=device.value,
+                             overwrite=overwrite)
+        result, path = run_pretrain(options)
+    console.print(f"{result.steps} steps; validation masked-allele loss {result.last_metrics.get('val_loss', math.nan):.4f}; "
+                  f"encoder in {path}")
 
 
 class Stitch(str, Enum):

@@ -101,16 +101,18 @@ class Batch:
 
 
 class BatchBuilder:
-    """Builds batches for one store and query set; keeps the retrieval index of the last window visited.
+    """Builds batches for one store and query set.
 
-    mask: training masks drawn per (seed, epoch, sample, window) over the key span; None at inference, where
-    the queries' untyped sites are already -1.
+    mask: training masks drawn per (seed, epoch, sample, window) over the key span; typed: bool [sites], the
+    sites a target file types (`ragtrain fit --targets`): every other site is hidden, as impute will see it
+    (wins over `mask`); neither at inference, where the queries' untyped sites are already -1.
     """
 
     def __init__(self, store: EmbeddingStore, panel_alleles: np.ndarray, queries: QuerySet, *,
-                 retrieval: RetrievalSpec, rag_mode: str, mask: MaskSpec | None = None, seed: int = 0) -> None:
+                 retrieval: RetrievalSpec, rag_mode: str, mask: MaskSpec | None = None, seed: int = 0,
+                 typed: np.ndarray | None = None) -> None:
         self.store, self.panel_alleles, self.queries = store, panel_alleles, queries
-        self.retrieval, self.rag_mode, self.mask, self.seed = retrieval, rag_mode, mask, seed
+        self.retrieval, self.rag_mode, self.mask, self.seed, self.typed = retrieval, rag_mode, mask, seed, typed
         most = panel_alleles.shape[0] - queries.exclude.shape[1]
         if retrieval.k > most:
             raise UserError("--k", f"cannot retrieve k={retrieval.k} neighbours from {panel_alleles.shape[0]} reference "
@@ -118,7 +120,6 @@ class BatchBuilder:
                             f"lower --k to at most {most}")
         self.plan = store.plan
         self.cm = store.genetic_positions()
-        self._index: tuple[int, WindowIndex] | None = None
 
     def key_span(self, window: int) -> slice:
         """The window plus the retrieval flank each side: the sites masks are drawn over and whose observed
@@ -129,6 +130,8 @@ class BatchBuilder:
         """bool [B, key span]: True where the query's site is hidden (scored inside the window); none hidden
         without a MaskSpec."""
         span = self.key_span(window)
+        if self.typed is not None:
+            return np.repeat(~self.typed[None, span], len(query_ids), axis=0)
         if self.mask is None:
             return np.zeros((len(query_ids), span.stop - span.start), dtype=bool)
         af = self.store.af[span]
@@ -183,24 +186,32 @@ class BatchBuilder:
         span, key_span = self.plan.sites(window), self.key_span(window)
         inside = slice(span.start - key_span.start, span.stop - key_span.start)
         panel = self.panel_alleles[:, key_span]
+        states = None
+        if 0 < self.retrieval.states < panel.shape[0] - self.queries.exclude.shape[1]:
+            states = self.nearest(window, key_observed, query_ids, self.retrieval.states)
         model = copying(panel, key_observed, self.cm[key_span], self.queries.exclude[query_ids],
-                        ne=self.retrieval.ne, mismatch=self.retrieval.mismatch)
+                        ne=self.retrieval.ne, mismatch=self.retrieval.mismatch, states=states)
         b, n, length = len(query_ids), span.stop - span.start, self.plan.length
         prob = np.full((b, length), 0.5, dtype=np.float32)
         prob[:, :n] = model.alt_probability(panel, inside)
         batch.copy_prob = torch.from_numpy(prob)
-        ids = np.argsort(-model.mass(inside), axis=1, kind="stable")[:, :self.retrieval.k]
+        chosen = np.argsort(-model.mass(inside), axis=1, kind="stable")[:, :self.retrieval.k]
         weight = np.full((b, self.retrieval.k, length), WEIGHT_BUCKETS - 1, dtype=np.int64)
-        weight[:, :, :n] = weight_buckets(model.weights(ids, inside))
+        weight[:, :, :n] = weight_buckets(model.weights(chosen, inside))
         batch.neighbour_weight = torch.from_numpy(weight)
+        ids = chosen if states is None else np.take_along_axis(states, chosen, axis=1)
         return ids.astype(np.int64)
 
     def retrieve(self, window: int, observed: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
         """int64 [B, k] panel haplotype ids nearest each masked query over its observed key-span sites."""
-        if self._index is None or self._index[0] != window:
-            index = WindowIndex(self.panel_alleles[:, self.key_span(window)], backend=self.retrieval.backend)
-            self._index = (window, index)
-        ids, _ = self._index[1].search(observed, self.retrieval.k, exclude=self.queries.exclude[query_ids])
+        return self.nearest(window, observed, query_ids, self.retrieval.k)
+
+    def nearest(self, window: int, observed: np.ndarray, query_ids: np.ndarray, count: int) -> np.ndarray:
+        """int64 [B, count] panel haplotypes nearest each query by Hamming distance over its observed key-span
+        sites, its own sample excluded (exact; ties by lower id)."""
+        columns = np.flatnonzero((observed >= 0).any(axis=0))  # hidden sites score 0 for every haplotype
+        index = WindowIndex(self.panel_alleles[:, self.key_span(window)][:, columns], backend=self.retrieval.backend)
+        ids, _ = index.search(observed[:, columns], count, exclude=self.queries.exclude[query_ids])
         return ids
 
 

@@ -7,7 +7,7 @@ import math
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from rich.progress import TextColumn
 
 from ragprep.encode import resolve_device
-from ragprep.model import Bert, BertConfig, build_bert, fingerprint, load_bert_checkpoint
+from ragprep.model import Bert, BertConfig, build_bert, fingerprint, load_bert_checkpoint, save_bert
 from ragprep.progress import console, progress_bar
 from ragtrain.checkpoint import load_checkpoint, save_atomic
 from ragtrain.data import (
@@ -56,8 +56,9 @@ class FitOptions:
     # retrieval
     retrieval: RetrievalSpec = field(default_factory=RetrievalSpec)
     # what the run trains and validates on: a resumed run must keep these
-    mask: str = "random:0.3-0.8"
-    val_mask: str = "array:8:0.05"
+    targets: str | None = None  # a target VCF: train and validate with its typed sites observed, all others hidden
+    mask: str = "array:10:0.05"
+    val_mask: str = "array:10:0.05"
     val_fraction: float = 0.1
     seed: int = 1
     # runtime
@@ -151,12 +152,26 @@ def load_queries(store: EmbeddingStore, panel_alleles: np.ndarray, options: FitO
     return train, validation
 
 
-def hide_for_validation(queries: QuerySet, spec: MaskSpec, seed: int, af: np.ndarray) -> tuple[QuerySet, np.ndarray]:
+def hide_for_validation(queries: QuerySet, spec: MaskSpec, seed: int, af: np.ndarray,
+                        typed: np.ndarray | None = None) -> tuple[QuerySet, np.ndarray]:
     """Validation queries as impute sees targets: one mask a sample over the whole panel (an array types the same
-    sites everywhere), fixed across evaluations. Returns the masked queries and bool [Q, sites] hidden."""
+    sites everywhere; with `typed`, the target's own sites), fixed across evaluations. Returns the masked queries
+    and bool [Q, sites] hidden."""
+    if typed is not None:
+        hidden = np.repeat(~typed[None], len(queries), axis=0)
+        return QuerySet(apply_mask(queries.alleles, hidden), queries.sample_key, queries.exclude), hidden
     masks = {int(key): mask_for(spec, seed, VALIDATION_EPOCH, int(key), -1, af) for key in np.unique(queries.sample_key)}
     hidden = np.stack([masks[int(key)] for key in queries.sample_key]) if len(queries) else np.zeros((0, af.size), bool)
     return QuerySet(apply_mask(queries.alleles, hidden), queries.sample_key, queries.exclude), hidden
+
+
+def _typed_sites(path: str, store: EmbeddingStore) -> np.ndarray:
+    """bool [sites]: the panel sites the target file types."""
+    from ragtrain.targets import load_targets
+
+    targets = load_targets(path, store)
+    console.print(f"--targets: {targets.summary()}")
+    return targets.typed
 
 
 def lr_lambda(warmup: int, total: int):
@@ -213,9 +228,10 @@ class Trainer:
         self.panel_alleles = self.store.alleles()
         self.train_queries, val_queries = load_queries(self.store, self.panel_alleles, options)
         self.mask = MaskSpec.parse(options.mask)
+        self.typed = None if options.targets is None else _typed_sites(options.targets, self.store)
         self.val_truth = val_queries.alleles
         self.val_queries, self.val_hidden = hide_for_validation(val_queries, MaskSpec.parse(options.val_mask),
-                                                                options.seed, self.store.af)
+                                                                options.seed, self.store.af, self.typed)
         self.imputer = Imputer(self.model, self.retrieval, self.store, self.device, batch_size=options.batch_size,
                                panel_alleles=self.panel_alleles)
         self.batches_per_epoch = len(epoch_plan(self.store.n_windows, len(self.train_queries), options.batch_size,
@@ -259,7 +275,7 @@ class Trainer:
         saved = ckpt.state.get("options", {})
         changed = ckpt.model_config.differences(self.config) + ckpt.retrieval.differences(self.retrieval)
         changed += [f"{name} {saved.get(name)} vs {getattr(self.options, name)}"
-                    for name in (*FitOptions.SPLIT, "mask", "val_mask") if saved.get(name) != getattr(self.options, name)]
+                    for name in (*FitOptions.SPLIT, "targets", "mask", "val_mask") if saved.get(name) != getattr(self.options, name)]
         if changed:
             raise UserError(path, f"trained with other settings ({'; '.join(changed)}: checkpoint vs this command)",
                             "resume with the run's settings, or start a new run in another --out")
@@ -279,7 +295,7 @@ class Trainer:
     # --- training ---------------------------------------------------------------------------------------
     def builder(self) -> BatchBuilder:
         return BatchBuilder(self.store, self.panel_alleles, self.train_queries, retrieval=self.retrieval,
-                            rag_mode=self.config.rag_mode, mask=self.mask, seed=self.options.seed)
+                            rag_mode=self.config.rag_mode, mask=self.mask, seed=self.options.seed, typed=self.typed)
 
     def train_items(self):
         """(epoch, window, query ids) from the current position on, epoch after epoch."""
@@ -414,3 +430,15 @@ def _check_out(out: Path, options: FitOptions) -> None:
 
 def fit(options: FitOptions) -> FitResult:
     return Trainer(options).run()
+
+
+def pretrain(options: FitOptions) -> tuple[FitResult, Path]:
+    """Masked-allele training of the BERT alone over the panel's haplotypes (no retrieval, no copying model);
+    writes OUT/encoder.pt for `ragprep encode --encoder` (a store whose memory comes from a trained encoder)."""
+    alone = replace(options, rag_mode="none", retrieval=replace(options.retrieval, selection="hamming",
+                                                                 match_features=False))
+    trainer = Trainer(alone)
+    result = trainer.run()
+    path = Path(options.out) / "encoder.pt"
+    save_bert(trainer.model.bert, path)
+    return result, path

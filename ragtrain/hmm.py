@@ -27,27 +27,33 @@ WEIGHT_BUCKETS = 16
 class Copying:
     """Posterior copying probabilities of a batch of queries over one span of sites.
 
-    gamma [B, M, H] at each query's observed sites (padded steps repeat the last one); the interpolation of a
-    site s: rows left[b, s] and right[b, s] of gamma, mixed with weight t[b, s] on the right one.
+    gamma [B, M, N] at each query's observed sites (padded steps repeat the last one), over the query's N states
+    (`states` [B, N] panel haplotypes, or every haplotype when None); the interpolation of a site s: rows
+    left[b, s] and right[b, s] of gamma, mixed with weight t[b, s] on the right one.
     """
 
     gamma: np.ndarray
     left: np.ndarray  # int64 [B, S]
     right: np.ndarray  # int64 [B, S]
     t: np.ndarray  # float32 [B, S]
+    states: np.ndarray | None = None  # int64 [B, N]
 
     def alt_probability(self, alleles: np.ndarray, sites: slice) -> np.ndarray:
         """float32 [B, n]: P(ALT) of each query at `sites` (a slice of the span) under the copying model, from
         the reference alleles of the span int8 [H, S]."""
         left, right, t = self.left[:, sites], self.right[:, sites], self.t[:, sites]
         lo, hi = int(left.min(initial=0)), int(right.max(initial=0)) + 1  # only the rows these sites use
-        at_obs = np.einsum("bmh,hs->bms", self.gamma[:, lo:hi], alleles[:, sites].astype(np.float32), optimize=True)
+        window = alleles[:, sites].astype(np.float32)
+        if self.states is None:
+            at_obs = np.einsum("bmh,hs->bms", self.gamma[:, lo:hi], window, optimize=True)
+        else:
+            at_obs = np.matmul(self.gamma[:, lo:hi], window[self.states])  # [B, m, N] @ [B, N, n]
         p_left = np.take_along_axis(at_obs, left[:, None, :] - lo, axis=1)[:, 0]
         p_right = np.take_along_axis(at_obs, right[:, None, :] - lo, axis=1)[:, 0]
         return np.clip((1 - t) * p_left + t * p_right, 0.0, 1.0).astype(np.float32)
 
     def mass(self, sites: slice) -> np.ndarray:
-        """float32 [B, H]: each haplotype's copying probability summed over `sites`."""
+        """float32 [B, N]: each state's copying probability summed over `sites`."""
         left, right, t = self.left[:, sites], self.right[:, sites], self.t[:, sites]
         coef = np.zeros(self.gamma.shape[:2], dtype=np.float32)
         rows = np.arange(coef.shape[0])[:, None]
@@ -56,7 +62,8 @@ class Copying:
         return np.einsum("bm,bmh->bh", coef, self.gamma, optimize=True)
 
     def weights(self, ids: np.ndarray, sites: slice) -> np.ndarray:
-        """float32 [B, k, n]: the copying probability of each chosen haplotype ids [B, k] at `sites`."""
+        """float32 [B, k, n]: the copying probability of chosen states ids [B, k] (indices into the N states) at
+        `sites`."""
         chosen = np.take_along_axis(self.gamma, ids[:, None, :], axis=2)  # [B, M, k]
         left, right, t = self.left[:, sites], self.right[:, sites], self.t[:, sites]
         w_left = np.take_along_axis(chosen, left[:, :, None], axis=1)  # [B, n, k]
@@ -71,15 +78,16 @@ def switch_probabilities(cm: np.ndarray, ne: float, n_haplotypes: int) -> np.nda
 
 
 def copying(alleles: np.ndarray, observed: np.ndarray, cm: np.ndarray, exclude: np.ndarray | None = None,
-            ne: float = 20_000.0, mismatch: float = 1e-3) -> Copying:
+            ne: float = 20_000.0, mismatch: float = 1e-3, states: np.ndarray | None = None) -> Copying:
     """Forward-backward of each query over its observed sites.
 
     alleles: int8 [H, S] reference alleles of the span; observed: int8 [B, S] query alleles (-1 where hidden or
     missing); cm: float [S] genetic positions (centiMorgans); exclude: int64 [B, m] haplotypes a query must
-    never copy (its own sample; negative ids ignored).
+    never copy (its own sample; negative ids ignored); states: int64 [B, N] the haplotypes each query may copy
+    (IMPUTE5-style state selection; None: all H, less `exclude`).
     """
-    n_hap = alleles.shape[0]
     b = observed.shape[0]
+    n_hap = alleles.shape[0] if states is None else states.shape[1]
     seen = observed >= 0
     counts = seen.sum(axis=1)
     m_max = max(int(counts.max(initial=0)), 1)
@@ -91,14 +99,18 @@ def copying(alleles: np.ndarray, observed: np.ndarray, cm: np.ndarray, exclude: 
     real = step < counts[:, None]  # [B, M]
 
     allowed = np.ones((b, n_hap), dtype=np.float32)
-    if exclude is not None and exclude.size:
+    if exclude is not None and exclude.size and states is None:
         rows, cols = np.nonzero(exclude >= 0)
         allowed[rows, exclude[rows, cols]] = 0.0
     n_allowed = allowed.sum(axis=1, keepdims=True)
 
     query = np.take_along_axis(observed, obs, axis=1)  # [B, M]
-    emission = np.where(alleles[:, obs].transpose(1, 2, 0) == query[:, :, None],  # [B, M, H]
-                        np.float32(1 - mismatch), np.float32(mismatch)) * allowed[:, None, :]
+    if states is None:
+        copied = alleles[:, obs].transpose(1, 2, 0)  # [B, M, H]
+    else:
+        copied = alleles[states[:, None, :], obs[:, :, None]]  # [B, M, N]
+    emission = np.where(copied == query[:, :, None], np.float32(1 - mismatch), np.float32(mismatch))
+    emission *= allowed[:, None, :]
     emission[~real] = allowed[np.nonzero(~real)[0]]  # no query (or padding): no evidence
     r = switch_probabilities(cm[obs].astype(np.float64), ne, n_hap).astype(np.float32)  # [B, M-1]
     r[~real[:, 1:]] = 0.0
@@ -133,7 +145,7 @@ def copying(alleles: np.ndarray, observed: np.ndarray, cm: np.ndarray, exclude: 
         t = np.where((gap > 0) & (before >= 0), (cm[None, :] - left_cm) / gap, 0.0)
     t = np.where(before < 0, 0.0, np.clip(t, 0.0, 1.0)).astype(np.float32)
     right = np.where(before < 0, 0, right)
-    return Copying(gamma, left.astype(np.int64), right.astype(np.int64), t)
+    return Copying(gamma, left.astype(np.int64), right.astype(np.int64), t, states)
 
 
 def weight_buckets(weights: np.ndarray) -> np.ndarray:

@@ -36,8 +36,10 @@ class RetrievalSpec:
     retrieval (an array types ~1 % of sites: a few a window, too few to match on); selection: "copying"
     (the k haplotypes the Li-Stephens copying model says the query copies most inside the window, with the
     model's per-site copying probabilities and ALT probability given to the network; `ragtrain.hmm`) or
-    "hamming" (the k nearest by Hamming distance over the observed sites of the whole span); ne, mismatch: the
-    copying model's effective population size and allele mismatch probability; match_features: give the model
+    "hamming" (the k nearest by Hamming distance over the observed sites of the whole span); states: the copying
+    model's states, each query's nearest haplotypes by Hamming distance over the span (IMPUTE5 picks its states
+    by matches too; 0: every haplotype); ne, mismatch: the copying model's effective population size and allele
+    mismatch probability; match_features: give the model
     each neighbour's match length around each site (`match_buckets`); backend: FAISS or torch for Hamming
     search, which return identical neighbours (so it may differ between fit and impute).
     """
@@ -45,6 +47,7 @@ class RetrievalSpec:
     k: int = 8
     flank: int = 8192
     selection: Selection = "copying"
+    states: int = 256
     ne: float = 20_000.0
     mismatch: float = 1e-3
     match_features: bool = True
@@ -65,7 +68,7 @@ class RetrievalSpec:
 
     def differences(self, other: RetrievalSpec) -> list[str]:
         """Settings that change which neighbours are found or what the model sees (not the backend)."""
-        names = ("k", "flank", "selection", "ne", "mismatch", "match_features")
+        names = ("k", "flank", "selection", "states", "ne", "mismatch", "match_features")
         return [f"{name} {getattr(self, name)} vs {getattr(other, name)}" for name in names
                 if getattr(self, name) != getattr(other, name)]
 

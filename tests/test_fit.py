@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import random
 import shutil
@@ -86,7 +87,7 @@ def test_checkpoint_loads_with_weights_only(store_path, tmp_path):
     ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "rng", "progress", "model_config", "retrieval"} <= set(ckpt)
     assert ckpt["retrieval"] == RetrievalSpec(k=3, flank=40).to_dict()
-    assert {"k", "flank", "selection", "ne", "mismatch", "match_features", "backend"} == set(ckpt["retrieval"])
+    assert {"k", "flank", "selection", "states", "ne", "mismatch", "match_features", "backend"} == set(ckpt["retrieval"])
     assert "k" not in ckpt["model_config"] and "checkpointing" not in ckpt["model_config"]
     assert not list((tmp_path / "run").glob("*.tmp-*"))  # atomic writes leave no temporaries
 
@@ -304,3 +305,43 @@ def test_killed_fit_resumes_to_the_uninterrupted_weights(store_path, tmp_path, o
     straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["model"]
     for name, tensor in straight.items():
         assert torch.equal(tensor, resumed[name]), name
+
+
+def test_targets_mask_exactly_the_sites_the_target_does_not_type(panel_vcf, store_path, tmp_path):
+    """--targets: training and validation hide every site but the target's typed ones, as impute will."""
+    from test_failures import subset
+
+    target = subset(panel_vcf, tmp_path / "target.vcf.gz", every=7)
+    trainer = Trainer(options(store_path, tmp_path / "run", targets=str(target), max_steps=2, eval_every=2))
+    store = open_store(store_path)
+    with gzip.open(target, "rt") as handle:
+        positions = [int(line.split("\t")[1]) for line in handle if not line.startswith("#")]
+    typed = np.isin(store.positions, positions)
+    assert trainer.typed.tolist() == typed.tolist() and 0 < typed.sum() < typed.size
+    batches = trainer.builder()
+    for window in (0, 3):
+        hidden = batches.masks(0, window, np.arange(5))
+        span = batches.key_span(window)
+        assert (hidden == ~typed[span]).all()
+    assert (trainer.val_hidden == ~typed).all()
+    trainer.run()
+
+
+def test_pretrain_lowers_the_masked_allele_loss_and_writes_an_encoder(store_path, panel_vcf, tmp_path):
+    """`ragtrain pretrain`: the BERT alone learns masked alleles (validation loss falls), and its encoder.pt
+    re-encodes the panel into a store that fit accepts with that encoder."""
+    from ragprep.encode import encode
+    from ragtrain.fit import pretrain
+    from tests.conftest import tiny_options
+
+    short = options(store_path, tmp_path / "short", max_steps=2, eval_every=2, mask="random:0.3-0.8",
+                    val_mask="random:0.5-0.5")
+    long = options(store_path, tmp_path / "long", max_steps=80, eval_every=80, mask="random:0.3-0.8",
+                   val_mask="random:0.5-0.5")
+    first, _ = pretrain(short)
+    trained, encoder = pretrain(long)
+    assert trained.last_metrics["val_loss"] < first.last_metrics["val_loss"] - 0.02
+    store = str(tmp_path / "trained.zarr")
+    encode(str(panel_vcf), store, tiny_options(encoder=str(encoder)))
+    assert open_store(store).meta.encoder_source == str(encoder)
+    assert fit(options(store, tmp_path / "fit", max_steps=2, eval_every=2, encoder=str(encoder))).steps == 2

@@ -99,3 +99,18 @@ def test_switch_probability_grows_with_distance_and_ne():
         assert np.all(np.diff(r) > 0) and np.all((r > 0) & (r < 1))
     assert np.all(high > low)
     np.testing.assert_allclose(low[0], 1 - np.exp(-4 * 1e3 * 1e-5 / 100))
+
+
+def test_per_query_states_equal_the_copying_model_over_those_haplotypes_alone():
+    rng = np.random.default_rng(5)
+    alleles = rng.integers(0, 2, size=(30, 60)).astype(np.int8)
+    query = np.where(rng.random((3, 60)) < 0.3, rng.integers(0, 2, size=(3, 60)), -1).astype(np.int8)
+    cm = np.linspace(0, 0.3, 60)
+    states = np.stack([rng.choice(30, size=8, replace=False) for _ in range(3)])
+    model = copying(alleles, query, cm, states=states, ne=5000, mismatch=0.01)
+    for b in range(3):
+        alone = copying(alleles[states[b]], query[b:b + 1], cm, ne=5000, mismatch=0.01)
+        n = alone.gamma.shape[1]
+        np.testing.assert_allclose(model.gamma[b, :n], alone.gamma[0], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(model.alt_probability(alleles, slice(10, 50))[b],
+                                   alone.alt_probability(alleles[states[b]], slice(10, 50))[0], rtol=1e-5, atol=1e-6)
