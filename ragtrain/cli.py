@@ -39,6 +39,11 @@ class Retrieval(str, Enum):
     torch = "torch"
 
 
+class Selection(str, Enum):
+    copying = "copying"
+    hamming = "hamming"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -48,6 +53,7 @@ class Device(str, Enum):
 _RETRIEVAL = RetrievalSpec()  # the defaults live in the dataclasses; the options show them
 _FIT = FitOptions(store="", out="")
 _RAG_MODE, _FUSION, _BACKEND = RagMode(_FIT.rag_mode), Fusion(_FIT.fusion), Retrieval(_RETRIEVAL.backend)
+_SELECTION = Selection(_RETRIEVAL.selection)
 
 
 @app.command(epilog="Examples: ragtrain fit --store store.zarr --out runs/exp1 --max-steps 300\n\n"
@@ -60,6 +66,10 @@ def fit(
     rag_mode: Annotated[RagMode, typer.Option(help="precomputed (stored memory), online (research baseline), none.")] = _RAG_MODE,
     k: Annotated[int, typer.Option(min=1, help="Neighbours retrieved a window.")] = _RETRIEVAL.k,
     retrieval_flank: Annotated[int, typer.Option(min=0, help="Sites each side of a window whose observed alleles also key retrieval (arrays type ~1 % of sites).")] = _RETRIEVAL.flank,
+    selection: Annotated[Selection, typer.Option(help="copying: the neighbours the Li-Stephens copying model says the query copies most in the window (and its per-site evidence); hamming: nearest by Hamming over the span.")] = _SELECTION,
+    states: Annotated[int, typer.Option(min=0, help="States of the copying model: each query's nearest haplotypes (0: all).")] = _RETRIEVAL.states,
+    ne: Annotated[float, typer.Option(help="Copying model: effective population size in the switch rate.")] = _RETRIEVAL.ne,
+    mismatch: Annotated[float, typer.Option(help="Copying model: allele mismatch probability.")] = _RETRIEVAL.mismatch,
     match_features: Annotated[bool, typer.Option(help="Tell the model how far each neighbour matches the query around each site.")] = _RETRIEVAL.match_features,
     retrieval: Annotated[Retrieval, typer.Option(help="Exact top-k backend: FAISS, or torch (same neighbours).")] = _BACKEND,
     fusion: Annotated[Fusion, typer.Option(help="aligned: each site attends to neighbours at that site; full: all sites.")] = _FUSION,
@@ -92,7 +102,8 @@ def fit(
 
     with clean_errors():
         values = {name: _plain(value) for name, value in ctx.params.items()}
-        spec = RetrievalSpec(k=values.pop("k"), flank=values.pop("retrieval_flank"),
+        spec = RetrievalSpec(k=values.pop("k"), flank=values.pop("retrieval_flank"), selection=values.pop("selection"),
+                             states=values.pop("states"), ne=values.pop("ne"), mismatch=values.pop("mismatch"),
                              match_features=values.pop("match_features"), backend=values.pop("retrieval"))
         values["fusion_layers"] = _layers(values["fusion_layers"])
         result = run_fit(FitOptions(**values, retrieval=spec))

@@ -50,7 +50,7 @@ class RetrievalSpec:
     states: int = 256
     ne: float = 20_000.0
     mismatch: float = 1e-3
-    match_features: bool = True
+    match_features: bool = False  # with the copying model they added nothing (docs/accuracy.md)
     backend: Backend = "auto"
 
     def __post_init__(self) -> None:
