@@ -95,6 +95,7 @@ def encode(
     sharded: Annotated[bool, typer.Option(help="Zarr v3 sharding: one shard a window (fewer files).")] = False,
     region: Annotated[str | None, typer.Option(help="CONTIG or CONTIG:START-END.")] = None,
     multiallelic: Annotated[Multiallelic, typer.Option(help="skip (counted) or error.")] = Multiallelic.skip,
+    genetic_map: Annotated[Path | None, typer.Option(help="Genetic map (SHAPEIT `pos chr cM` or PLINK `chr id cM pos`, may be gzipped) for the copying model's switch rate; default 1 cM/Mb.")] = None,
 ) -> None:
     """Run every reference haplotype window once through a frozen encoder; write a chunked Zarr store.
 
@@ -114,7 +115,7 @@ def encode(
             config=replace(config, **overrides), stride=stride, seed=seed, encoder=str(encoder) if encoder else None,
             memory_dtype=dtype.value, device=device.value, batch_size=batch_size, shard=parse_shard(shard),
             overwrite=overwrite, compressor=compressor.value, hap_block=hap_block, sharded=sharded, region=region,
-            multiallelic=multiallelic.value,
+            multiallelic=multiallelic.value, genetic_map=str(genetic_map) if genetic_map else None,
         )
         report = run_encode(str(vcf), out, options)
         store = open_store(out, require_complete=False)

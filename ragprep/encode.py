@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import torch
 from rich.progress import TextColumn
 
 from ragprep import __version__
+from ragprep.gmap import genetic_positions, read_genetic_map
 from ragprep.model import Bert, BertConfig, build_bert, fingerprint, load_bert_checkpoint
 from ragprep.progress import console, progress_bar
 from ragprep.vcf import Panel, read_panel
@@ -40,6 +41,7 @@ class EncodeOptions:
     sharded: bool = False
     region: str | None = None
     multiallelic: str = "skip"
+    genetic_map: str | None = None  # cM of every site for the copying model (default: 1 cM/Mb)
 
 
 @dataclass
@@ -130,9 +132,15 @@ def encode(vcf: str, out: str, options: EncodeOptions) -> EncodeReport:
         n_haplotypes=panel.n_haplotypes, hap_block=options.hap_block, compressor=options.compressor,
         sharded=options.sharded, tool_version=__version__,
     )
+    arrays, extra = panel_arrays(panel), {}
+    if options.genetic_map:
+        bp, cm = read_genetic_map(options.genetic_map)
+        arrays[schema.VARIANT_GENETIC_POSITION] = genetic_positions(panel.positions, bp, cm)
+        extra["genetic_map"] = {"path": str(options.genetic_map), "sha256": file_sha256(options.genetic_map)}
+        meta = replace(meta, extra=extra)
     exists = local_path(out).exists() if is_local(out) else False
     if options.overwrite or not exists:
-        create_store(out, meta, panel_arrays(panel), overwrite=options.overwrite)
+        create_store(out, meta, arrays, overwrite=options.overwrite)
     writer = StoreWriter(out, meta)
     index, count = options.shard
     done = writer.windows_done()

@@ -181,3 +181,26 @@ def test_two_shards_equal_one_run(panel_vcf, store_path, tmp_path):
     assert "store complete" in second.stderr
     assert_stores_equal(str(both), store_path)
     assert not stray_entries(tmp_path)
+
+
+def test_genetic_map_gives_every_site_its_cm(panel_vcf, tmp_path):
+    """`--genetic-map`: cM linear between map points, 1 cM/Mb beyond its ends; without one, 1 cM/Mb."""
+    plain = open_store(encode_to(panel_vcf, tmp_path / "plain.zarr"))
+    np.testing.assert_allclose(plain.genetic_positions(), plain.positions * 1e-6)
+    gmap = tmp_path / "map.txt"
+    gmap.write_text("pos\tchr\tcM\n20000\t22\t0.5\n60000\t22\t2.5\n")
+    mapped = open_store(encode_to(panel_vcf, tmp_path / "mapped.zarr", genetic_map=str(gmap)))
+    pos = mapped.positions.astype(float)
+    expected = np.interp(pos, [20000, 60000], [0.5, 2.5])
+    expected = np.where(pos < 20000, 0.5 - (20000 - pos) * 1e-6, np.where(pos > 60000, 2.5 + (pos - 60000) * 1e-6,
+                                                                          expected))
+    np.testing.assert_allclose(mapped.genetic_positions(), expected)
+    assert mapped.meta.extra["genetic_map"]["path"] == str(gmap)
+    gmap.write_text("pos\tchr\tcM\n20000\t22\t2.5\n60000\t22\t0.5\n")
+    with pytest.raises(UserError, match="decrease; fix: sort the map"):
+        encode(str(panel_vcf), str(tmp_path / "bad.zarr"), tiny_options(genetic_map=str(gmap)))
+
+
+def encode_to(panel_vcf, out, **overrides) -> str:
+    encode(str(panel_vcf), str(out), tiny_options(**overrides))
+    return str(out)
