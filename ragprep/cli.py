@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from ragprep.cli_support import clean_errors, parse_shard
+from ragprep.distributed import finish, is_main_process
 from ragprep.model import PRESETS
 from ragprep.progress import console
 
@@ -99,7 +100,8 @@ def encode(
 ) -> None:
     """Run every reference haplotype window once through a frozen encoder; write a chunked Zarr store.
 
-    Resumable: re-running the same command skips windows already written.
+    Resumable: re-running the same command skips windows already written. Under `torchrun --nproc-per-node N`
+    process r encodes shard r/N (GPU LOCAL_RANK where CUDA is); rank 0 creates the store.
     """
     from ragprep.encode import EncodeOptions
     from ragprep.encode import encode as run_encode
@@ -117,8 +119,13 @@ def encode(
             overwrite=overwrite, compressor=compressor.value, hap_block=hap_block, sharded=sharded, region=region,
             multiallelic=multiallelic.value, genetic_map=str(genetic_map) if genetic_map else None,
         )
-        report = run_encode(str(vcf), out, options)
+        try:
+            report = run_encode(str(vcf), out, options)
+        finally:
+            finish()
         store = open_store(out, require_complete=False)
+    if not is_main_process():
+        return
     state = "complete" if report.windows_done == report.windows_total else "incomplete"
     console.print(
         f"encoded {report.windows_encoded} windows on {report.device} in {report.seconds:.1f} s "

@@ -13,6 +13,7 @@ import torch
 from rich.progress import TextColumn
 
 from ragprep import __version__
+from ragprep.distributed import init as init_world
 from ragprep.gmap import genetic_positions, read_genetic_map
 from ragprep.model import Bert, BertConfig, build_bert, fingerprint, load_bert_checkpoint
 from ragprep.progress import console, progress_bar
@@ -119,7 +120,10 @@ def load_encoder(options: EncodeOptions) -> tuple[Bert, str]:
 def encode(vcf: str, out: str, options: EncodeOptions) -> EncodeReport:
     """Encode a phased panel into `out`, resuming a matching store; returns throughput figures."""
     started = time.perf_counter()
+    world = init_world(options.device)
     device = resolve_device(options.device)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
     panel = read_panel(vcf, region=options.region, multiallelic=options.multiallelic)  # type: ignore[arg-type]
     console.print(panel.summary(), soft_wrap=True)  # one line in logs, however long the path
     bert, source = load_encoder(options)
@@ -138,11 +142,13 @@ def encode(vcf: str, out: str, options: EncodeOptions) -> EncodeReport:
         arrays[schema.VARIANT_GENETIC_POSITION] = genetic_positions(panel.positions, bp, cm)
         extra["genetic_map"] = {"path": str(options.genetic_map), "sha256": file_sha256(options.genetic_map)}
         meta = replace(meta, extra=extra)
-    exists = local_path(out).exists() if is_local(out) else False
-    if options.overwrite or not exists:
-        create_store(out, meta, arrays, overwrite=options.overwrite)
+    if world.is_main:  # under torchrun rank 0 creates the store, the others wait for it
+        exists = local_path(out).exists() if is_local(out) else False
+        if options.overwrite or not exists:
+            create_store(out, meta, arrays, overwrite=options.overwrite, exist_ok=True)
+    world.barrier()
     writer = StoreWriter(out, meta)
-    index, count = options.shard
+    index, count = (world.rank, world.size) if world.distributed else options.shard
     done = writer.windows_done()
     todo = [w for w in range(plan.n_windows) if w % count == index and not done[w]]
     bert = bert.to(device).eval()
@@ -150,7 +156,7 @@ def encode(vcf: str, out: str, options: EncodeOptions) -> EncodeReport:
     encoder_seconds = write_seconds = 0.0
     sites = 0
     rate = TextColumn("{task.fields[rate]}")
-    with progress_bar(rate) as progress, ThreadPoolExecutor(max_workers=1) as pool:
+    with progress_bar(rate, disable=not world.is_main) as progress, ThreadPoolExecutor(max_workers=1) as pool:
         task = progress.add_task(f"encode {Path(vcf).name}", total=len(todo), rate="")
         pending: Future | None = None
         for window in todo:
@@ -166,6 +172,7 @@ def encode(vcf: str, out: str, options: EncodeOptions) -> EncodeReport:
             progress.update(task, advance=1, rate=f"{sites / elapsed:,.0f} haplotype-sites/s")
         if pending is not None:
             write_seconds += pending.result()
+    world.barrier()  # every rank's windows are written before anyone reports the store
     windows_done = int(writer.windows_done().sum())
     return EncodeReport(len(todo), plan.n_windows, windows_done, sites, time.perf_counter() - started,
                         encoder_seconds, write_seconds, str(device))

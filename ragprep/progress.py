@@ -19,7 +19,7 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
-def progress_bar(*extra_columns) -> Progress:
+def progress_bar(*extra_columns, disable: bool = False) -> Progress:
     """A bar on stderr: description, bar, done/total, elapsed, remaining, then any extra columns."""
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -30,6 +30,7 @@ def progress_bar(*extra_columns) -> Progress:
         *extra_columns,
         console=console,
         transient=False,
+        disable=disable,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ragprep.cli_support import clean_errors
+from ragprep.distributed import finish, is_main_process
 from ragprep.progress import console
 from ragtrain.fit import FitOptions
 from ragtrain.retrieval import RetrievalSpec
@@ -97,7 +98,11 @@ def fit(
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt exactly where it stopped.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace the run in OUT.")] = False,
 ) -> None:
-    """Train a BERT over query haplotypes that cross-attends to retrieved, precomputed reference memory."""
+    """Train a BERT over query haplotypes that cross-attends to retrieved, precomputed reference memory.
+
+    Under `torchrun --nproc-per-node N` every process trains its share of each batch (DistributedDataParallel:
+    NCCL on CUDA, gloo on the CPU); --batch-size is per process.
+    """
     from ragtrain.fit import fit as run_fit
 
     with clean_errors():
@@ -106,7 +111,12 @@ def fit(
                              states=values.pop("states"), ne=values.pop("ne"), mismatch=values.pop("mismatch"),
                              match_features=values.pop("match_features"), backend=values.pop("retrieval"))
         values["fusion_layers"] = _layers(values["fusion_layers"])
-        result = run_fit(FitOptions(**values, retrieval=spec))
+        try:
+            result = run_fit(FitOptions(**values, retrieval=spec))
+        finally:
+            finish()
+    if not is_main_process():
+        return
     best = "no validation samples" if result.best_r2 == -math.inf else f"best validation r2 {result.best_r2:.4f}"
     console.print(f"{result.steps} steps, {result.steps_per_s:.2f} steps/s, data wait {result.data_wait:.1%}; "
                   f"{best}; checkpoints in {out}")

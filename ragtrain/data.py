@@ -39,6 +39,9 @@ class QuerySet:
     def __len__(self) -> int:
         return int(self.alleles.shape[0])
 
+    def take(self, rows: np.ndarray) -> QuerySet:
+        return QuerySet(self.alleles[rows], self.sample_key[rows], self.exclude[rows])
+
 
 def panel_queries(panel_alleles: np.ndarray, samples: np.ndarray) -> QuerySet:
     """Both haplotypes of the given panel samples as queries, each excluding its own sample's haplotypes."""
@@ -144,7 +147,8 @@ class BatchBuilder:
             rows.append(by_sample[key])
         return np.stack(rows)
 
-    def build(self, epoch: int, window: int, query_ids: np.ndarray) -> Batch:
+    def build(self, epoch: int, window: int, query_ids: np.ndarray, scored: bool = True) -> Batch:
+        """One window's batch; `scored` False leaves every label IGNORE (a rank's stand-in share, see fit)."""
         span, key_span = self.plan.sites(window), self.key_span(window)
         key_truth, key_hidden = self.queries.alleles[query_ids, key_span], self.masks(epoch, window, query_ids)
         key_observed = apply_mask(key_truth, key_hidden)
@@ -153,7 +157,7 @@ class BatchBuilder:
         tokens, af, valid = pad_window(observed, self.store.af[span], self.plan.length)
         labels = np.full(tokens.shape, IGNORE, dtype=np.int64)
         n = truth.shape[1]
-        labels[:, :n] = np.where(hidden & (truth >= 0), truth, IGNORE)
+        labels[:, :n] = np.where(hidden & (truth >= 0) & scored, truth, IGNORE)
         b, k = len(query_ids), self.retrieval.k
         batch = Batch(window, np.asarray(query_ids), torch.from_numpy(tokens),
                       torch.from_numpy(af).expand(b, -1).contiguous(),
@@ -234,7 +238,7 @@ def inference_plan(n_windows: int, n_queries: int, batch_size: int) -> list[tupl
 class Prefetcher:
     """Builds batches in a background thread, `depth` ahead; records how long the consumer waited."""
 
-    def __init__(self, builder: BatchBuilder, items: Iterable[tuple[int, int, np.ndarray]], depth: int = 4,
+    def __init__(self, builder: BatchBuilder, items: Iterable[tuple], depth: int = 4,
                  pin: bool = False) -> None:
         self.builder, self.items, self.pin = builder, items, pin
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -245,10 +249,10 @@ class Prefetcher:
 
     def _work(self) -> None:
         try:
-            for epoch, window, ids in self.items:
+            for item in self.items:
                 if self._stop.is_set():
                     return
-                batch = self.builder.build(epoch, window, ids)
+                batch = self.builder.build(*item)
                 self.queue.put(batch.pin() if self.pin else batch)
         except BaseException as err:  # noqa: BLE001 - surface worker errors in the consumer
             self.queue.put(err)

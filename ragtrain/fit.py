@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from rich.progress import TextColumn
 
+from ragprep.distributed import World
+from ragprep.distributed import init as init_world
 from ragprep.encode import resolve_device
 from ragprep.model import Bert, BertConfig, build_bert, fingerprint, load_bert_checkpoint, save_bert
 from ragprep.progress import console, progress_bar
@@ -191,17 +193,31 @@ def masked_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, 2), labels.reshape(-1), ignore_index=IGNORE)
 
 
-def train_step(model: RagImputer, optimizer: torch.optim.Optimizer, batches: Iterable[Batch], device: torch.device,
-               clip: float) -> float:
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch],
+               device: torch.device, clip: float, world: World | None = None) -> float:
     """One optimizer step over host batches (more than one: gradient accumulation); the mean loss. The step
-    `ragtrain fit` takes and `ragtrain bench` times."""
+    `ragtrain fit` takes and `ragtrain bench` times.
+
+    Under torchrun (`model` wrapped in DistributedDataParallel, each rank holding its share of the global batch)
+    every rank's summed loss is divided by the global count of scored sites (times the world size, which DDP's
+    gradient averaging divides out): the gradient of the global batch's mean loss, as one process would take it.
+    """
     batches = list(batches)
     losses = []
     for batch in batches:
         batch = batch.to(device)
-        loss = masked_loss(batch_logits(model, batch), batch.labels)
+        logits = batch_logits(model, batch)
+        if world is None or not world.distributed:
+            loss = masked_loss(logits, batch.labels)
+            reported = float(loss.detach())
+        else:
+            count = world.sum((batch.labels != IGNORE).sum().to(torch.float32)).clamp(min=1)
+            total = F.cross_entropy(logits.float().reshape(-1, 2), batch.labels.reshape(-1), ignore_index=IGNORE,
+                                    reduction="sum")
+            loss = total * world.size / count
+            reported = float(world.sum(total.detach().clone()) / count)
         (loss / len(batches)).backward()
-        losses.append(float(loss.detach()))
+        losses.append(reported)
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -213,10 +229,15 @@ class Trainer:
 
     def __init__(self, options: FitOptions) -> None:
         self.options = options
+        self.world = init_world(options.device)
         self.device = resolve_device(options.device)
+        if self.world.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.world.local_rank)
         self.store = open_store(options.store)
         self.out = Path(options.out)
-        _check_out(self.out, options)
+        if self.world.is_main:
+            _check_out(self.out, options)
+        self.world.barrier()
         bert = query_encoder(self.store, options.encoder)
         self.config, self.retrieval = options.model_config(bert.config), options.retrieval
         with torch.random.fork_rng(devices=[]):
@@ -224,7 +245,14 @@ class Trainer:
             self.model = RagImputer(self.config, self.retrieval)
         self.model.bert.load_state_dict(bert.state_dict())
         self.model.bert.gradient_checkpointing = options.checkpointing
+        # the projection to the memory dim makes memory only online; frozen otherwise (DDP wants every
+        # trainable parameter used)
+        self.model.bert.memory_proj.requires_grad_(self.config.rag_mode == "online")
         self.model.to(self.device)
+        self.trained: torch.nn.Module = self.model  # what the step runs: under torchrun, the DDP wrapper
+        if self.world.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.panel_alleles = self.store.alleles()
         self.train_queries, val_queries = load_queries(self.store, self.panel_alleles, options)
         self.mask = MaskSpec.parse(options.mask)
@@ -234,14 +262,16 @@ class Trainer:
                                                                 options.seed, self.store.af, self.typed)
         self.imputer = Imputer(self.model, self.retrieval, self.store, self.device, batch_size=options.batch_size,
                                panel_alleles=self.panel_alleles)
-        self.batches_per_epoch = len(epoch_plan(self.store.n_windows, len(self.train_queries), options.batch_size,
+        self.batches_per_epoch = len(epoch_plan(self.store.n_windows, len(self.train_queries), self.global_batch,
                                                 options.seed, 0))
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / options.accumulate)
         self.total_steps = options.max_steps or options.epochs * self.steps_per_epoch
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(options.warmup, self.total_steps))
         self.step, self.epoch, self.batch_in_epoch, self.best_r2 = 0, 0, 0, -math.inf
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.world.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.world.barrier()
         if options.resume:
             self.load(self.out / "last.pt")
 
@@ -262,9 +292,17 @@ class Trainer:
             "options": self.options.to_dict(),
         }
 
+    @property
+    def global_batch(self) -> int:
+        """Query haplotypes a step takes from one window: the batch of every rank together."""
+        return self.options.batch_size * self.world.size
+
     def save(self, name: str) -> Path:
+        """Rank 0 writes; the others wait for it."""
         path = self.out / name
-        save_atomic(self.state(), path)
+        if self.world.is_main:
+            save_atomic(self.state(), path)
+        self.world.barrier()
         return path
 
     def load(self, path: Path) -> None:
@@ -298,13 +336,16 @@ class Trainer:
                             rag_mode=self.config.rag_mode, mask=self.mask, seed=self.options.seed, typed=self.typed)
 
     def train_items(self):
-        """(epoch, window, query ids) from the current position on, epoch after epoch."""
+        """(epoch, window, query ids, scored) of this rank from the current position on, epoch after epoch: each
+        global batch (one window) is split between the ranks; a rank left without a query takes the first one
+        unscored, so that every rank steps together."""
         epoch, skip = self.epoch, self.batch_in_epoch
         while True:
-            plan = epoch_plan(self.store.n_windows, len(self.train_queries), self.options.batch_size,
+            plan = epoch_plan(self.store.n_windows, len(self.train_queries), self.global_batch,
                               self.options.seed, epoch)
             for window, ids in plan[skip:]:
-                yield epoch, window, ids
+                share = np.array_split(ids, self.world.size)[self.world.rank]
+                yield (epoch, window, share, True) if share.size else (epoch, window, ids[:1], False)
             epoch, skip = epoch + 1, 0
 
     def run(self) -> FitResult:
@@ -317,7 +358,7 @@ class Trainer:
         columns = TextColumn("loss {task.fields[loss]:.4f} | {task.fields[rate]:.2f} steps/s | wait {task.fields[wait]:.0%}")
         self.model.train()
         try:
-            with progress_bar(columns) as bar:
+            with progress_bar(columns, disable=not self.world.is_main) as bar:
                 task = bar.add_task(f"fit {self.config.rag_mode}", total=self.total_steps, completed=self.step,
                                     loss=0.0, rate=0.0, wait=0.0)
                 batches = iter(prefetch)
@@ -328,7 +369,7 @@ class Trainer:
                         self.batch_in_epoch += 1
                         if self.batch_in_epoch == self.batches_per_epoch:
                             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    losses.append(train_step(self.model, self.optimizer, micro, self.device, o.clip))
+                    losses.append(train_step(self.trained, self.optimizer, micro, self.device, o.clip, self.world))
                     self.scheduler.step()
                     self.step += 1
                     training = time.perf_counter() - started - eval_seconds  # validation excluded
@@ -366,7 +407,10 @@ class Trainer:
         probabilities `ragtrain impute` would write. Empty without validation samples."""
         if len(self.val_queries) == 0:
             return {}
-        prob = self.imputer.probabilities(self.val_queries, show_progress=False).T  # [Q, sites]
+        samples = np.array_split(np.arange(len(self.val_queries) // 2), self.world.size)[self.world.rank]
+        mine = np.stack([2 * samples, 2 * samples + 1], axis=1).reshape(-1)  # whole samples, in order
+        shares = self.world.gather(self.imputer.probabilities(self.val_queries.take(mine), show_progress=False))
+        prob = np.concatenate(shares, axis=1).T  # [Q, sites]: every validation haplotype once
         truth = self.val_truth
         scored = self.val_hidden & (truth >= 0)
         p_true = np.clip(np.where(truth == 1, prob, 1 - prob)[scored], 1e-7, 1.0)
@@ -386,6 +430,8 @@ class Trainer:
         return metrics
 
     def log(self, metrics: dict) -> None:
+        if not self.world.is_main:
+            return
         path = self.out / "metrics.csv"
         keys = ["step", "epoch", "train_loss", "val_loss", "val_accuracy", "r2_all",
                 *[f"r2 {bin_label(i)}" for i in range(len(MAF_BINS))], "nonref_concordance", "lr", "data_wait"]

@@ -33,10 +33,12 @@ def create_store(
     arrays: dict[str, np.ndarray],
     overwrite: bool = False,
     storage_options: dict | None = None,
+    exist_ok: bool = False,
 ) -> None:
     """Write a new store: metadata, panel and window arrays, and empty embedding arrays.
 
-    `arrays` maps schema names to the panel's numpy arrays; the window arrays are written from `meta.window`. On a local disk the store is built
+    `arrays` maps schema names to the panel's numpy arrays; the window arrays are written from `meta.window`.
+    `exist_ok`: a store that appeared meanwhile (another shard made it first) is left for `StoreWriter` to check. On a local disk the store is built
     beside its target and renamed into place, so a store either exists whole or not at all.
     """
     if not is_local(url):
@@ -44,6 +46,8 @@ def create_store(
         return
     target = local_path(url)
     if target.exists():
+        if not overwrite and exist_ok and (target / "zarr.json").is_file():
+            return
         if not overwrite:
             raise UserError(url, "already exists", "pass --overwrite to start over, or another --out")
         if not (target / "zarr.json").is_file() and not (target.is_dir() and not any(target.iterdir())):

@@ -29,7 +29,7 @@ def split(tmp_path_factory):
     paths = simulate_split(root / "panel.vcf.gz", samples=100, holdout=20, length=1e5, seed=11, array_every=2)
     store = str(root / "store.zarr")
     encode(str(paths["panel"]), store, tiny_options(config=replace(TINY, window=64), stride=56))
-    fit(FitOptions(store=store, out=str(root / "run"), device="cpu", batch_size=16, max_steps=200, eval_every=200,
+    fit(FitOptions(store=store, out=str(root / "run"), device="cpu", batch_size=16, max_steps=60, eval_every=60,
                    warmup=5, lr=3e-3, retrieval=RetrievalSpec(k=8), seed=2, mask="array:2:0.05", val_mask="array:2:0.05"))
     out = root / "imputed.vcf.gz"
     impute(str(paths["target"]), store, str(root / "run" / "best.pt"), str(out), device="cpu")
