@@ -86,7 +86,7 @@ def test_a_killed_rank_fails_the_run_and_leaves_the_store_incomplete(panel_vcf, 
         while not (out / "window_done" / "c" / "0").exists():  # rank 0 wrote its first window
             assert proc.poll() is None and time.monotonic() < deadline, "encode ended or stalled early"
             time.sleep(0.05)
-        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=True).stdout.split()
         os.kill(int(workers[-1]), signal.SIGKILL)
         assert proc.wait(timeout=120) != 0
     finally:
