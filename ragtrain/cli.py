@@ -256,7 +256,7 @@ def bench(
     modes: Annotated[str, typer.Option(help="Step benchmark modes, comma-separated.")] = "precomputed,online,none",
     batch: Annotated[int | None, typer.Option(min=1, help="Step benchmark batch (default: the config's).")] = None,
     k: Annotated[str | None, typer.Option(help="Neighbours, comma-separated (default: the config's).")] = None,
-    suites: Annotated[str, typer.Option(help="Any of step, encode, fit, comma-separated.")] = "step,encode,fit",
+    suites: Annotated[str, typer.Option(help="Any of step, encode, fit, scale (how cost grows with the panel), comma-separated.")] = "step,encode,fit",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     memory_limit_gb: Annotated[float | None, typer.Option(help="Cap each step process (e.g. 24 to act as a 24 GB card).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds a step case may take before it is recorded as a timeout.")] = 1800.0,

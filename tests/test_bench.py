@@ -19,7 +19,8 @@ def tiny_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     with torch_threads(1):
         results, stem = run_bench(BenchOptions(config="tiny", out=str(out), modes=("precomputed", "online"),
-                                               ks=(2,), device="cpu", command="pytest"))
+                                               ks=(2,), device="cpu", command="pytest",
+                                               suites=("step", "encode", "fit", "scale")))
     return results, stem
 
 
@@ -86,3 +87,12 @@ def test_bench_cli_rejects_unknown_modes_and_shows_an_example(tmp_path):
     assert bad_k.exit_code == 2 and "--k: cannot read '1,x'" in bad_k.output
     shown = runner.invoke(app, ["bench", "--help"])
     assert shown.exit_code == 0 and "ragtrain bench --config research" in shown.output
+
+
+def test_scale_suite_measures_every_stage_at_each_panel_size(tiny_bench):
+    results, stem = tiny_bench
+    assert [row["haplotypes"] for row in results.scale] == [40, 80]
+    for row in results.scale:
+        assert row["encode_s"] > 0 and row["fit_steps_per_s"] > 0 and row["impute_genotypes_per_s"] > 0
+        assert row["haplotype_sites"] == row["haplotypes"] * row["sites"]
+    assert "How cost grows with the panel" in stem.with_suffix(".md").read_text()

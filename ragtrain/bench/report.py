@@ -97,4 +97,14 @@ def markdown(results: BenchResults) -> str:
               "-" if r["data_wait"] is None else f"{r['data_wait']:.1%}",
               *(_num(r.get(b), ".4f") for b in bins), _num(r.get("r2_all"), ".4f")] for r in results.fit])
         lines += ["", *accuracy_deltas(results.fit, bins), ""]
+    if results.scale:
+        lines += ["### How cost grows with the panel (a 32-dim, 1-layer model, default retrieval)", ""]
+        lines += _table(
+            ["haplotypes", "sites", "encode s", "encode haplotype-sites/s", "fit steps/s", "data wait",
+             "impute s", "impute genotypes/s"],
+            [[f"{r['haplotypes']:,}", f"{r['sites']:,}", _num(r["encode_s"]),
+              _num(r["encode_haplotype_sites_per_s"], ",.0f"), _num(r["fit_steps_per_s"], ".2f"),
+              f"{r['data_wait']:.1%}", _num(r["impute_s"]), _num(r["impute_genotypes_per_s"], ",.0f")]
+             for r in results.scale])
+        lines += [""]
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -27,13 +28,15 @@ import torch
 from ragprep.encode import EncodeOptions, encode, resolve_device
 from ragprep.model import PRESETS, BertConfig
 from ragprep.progress import console
-from ragprep.simulate import simulate_panel
+from ragprep.simulate import simulate_panel, simulate_split
 from ragtrain.bench.report import markdown
 from ragtrain.bench.step import StepCase, StepResult, describe_device
 from ragtrain.fit import FitOptions, Trainer
+from ragtrain.impute import impute
 from stores import open_store
 
-SUITES = ("step", "encode", "fit")
+SUITES = ("step", "encode", "fit", "scale")
+DEFAULT_SUITES = ("step", "encode", "fit")
 FIT_MASK = "array:8:0.05"  # train and validate as a SNP array would type the queries
 
 
@@ -51,6 +54,10 @@ class BenchConfig:
     fit_batch: int
     step_warmup: int = 3
     step_steps: int = 10
+    scale_haplotypes: tuple[int, ...] = (1000, 2000, 4000, 8000)  # the scale suite's panels
+    scale_length: float = 1e5
+    scale_steps: int = 10
+    scale_targets: int = 20
 
 
 CPU_BERT = BertConfig(d_model=64, n_layers=2, n_heads=4, window=256, d_memory=32)
@@ -66,7 +73,8 @@ CONFIGS: dict[str, BenchConfig] = {
     "tiny": BenchConfig(bert=BertConfig(d_model=16, n_layers=1, n_heads=2, window=32, d_memory=8), batch=4,
                         ks=(1, 2), store_bert=BertConfig(d_model=16, n_layers=1, n_heads=2, window=32, d_memory=8),
                         memory_dims=(8, 4), panel_samples=30, panel_length=5e4, fit_steps=3, fit_batch=8,
-                        step_warmup=1, step_steps=2),
+                        step_warmup=1, step_steps=2, scale_haplotypes=(40, 80), scale_length=2e4, scale_steps=2,
+                        scale_targets=4),
 }
 
 
@@ -77,7 +85,7 @@ class BenchOptions:
     modes: tuple[str, ...] = ("precomputed", "online", "none")
     batch: int | None = None  # default: the config's
     ks: tuple[int, ...] = ()  # default: the config's
-    suites: tuple[str, ...] = SUITES
+    suites: tuple[str, ...] = DEFAULT_SUITES
     device: str = "auto"
     memory_limit_gb: float | None = None
     timeout_s: float = 1800.0
@@ -91,6 +99,7 @@ class BenchResults:
     step: list[dict] = field(default_factory=list)
     encode: list[dict] = field(default_factory=list)
     fit: list[dict] = field(default_factory=list)
+    scale: list[dict] = field(default_factory=list)
 
 
 # --- step ---------------------------------------------------------------------------------------------------
@@ -206,6 +215,38 @@ def fit_row(store: str, training: str, metrics: dict, steps_per_s: float | None,
             **{key: value for key, value in metrics.items() if key.startswith(("r2", "val_", "nonref"))}}
 
 
+# --- scale ------------------------------------------------------------------------------------------------
+SCALE_BERT = BertConfig(d_model=32, n_layers=1, n_heads=2, window=128, d_memory=16)
+
+
+def scale_suite(config: BenchConfig, options: BenchOptions, work: Path) -> list[dict]:
+    """Encode, fit steps and impute on simulated panels of growing haplotype counts (a small model, the
+    default retrieval): how each stage's cost grows with haplotypes x sites."""
+    rows = []
+    for haplotypes in config.scale_haplotypes:
+        root = work / f"scale-{haplotypes}"
+        shutil.rmtree(root, ignore_errors=True)
+        paths = simulate_split(root / "panel.vcf.gz", samples=haplotypes // 2, holdout=config.scale_targets,
+                               length=config.scale_length, seed=options.seed)
+        store = str(root / "store.zarr")
+        encoded = encode(str(paths["panel"]), store, EncodeOptions(config=SCALE_BERT, seed=options.seed,
+                                                                    device=options.device))
+        fitted = Trainer(FitOptions(store=store, out=str(root / "run"), max_steps=config.scale_steps,
+                                    eval_every=config.scale_steps, batch_size=config.fit_batch, seed=options.seed,
+                                    device=options.device, val_fraction=0.05)).run()
+        started = time.perf_counter()
+        imputed = impute(str(paths["target"]), store, str(root / "run" / "last.pt"), str(root / "imputed.vcf.gz"),
+                         device=options.device)
+        sites = int(open_store(store).plan.n_sites)
+        rows.append({"haplotypes": haplotypes, "sites": sites, "haplotype_sites": haplotypes * sites,
+                     "encode_s": encoded.seconds, "encode_haplotype_sites_per_s": encoded.haplotype_sites_per_s,
+                     "fit_steps_per_s": fitted.steps_per_s, "data_wait": fitted.data_wait,
+                     "impute_s": time.perf_counter() - started, "impute_genotypes_per_s": imputed.genotypes_per_s})
+        console.print(f"scale {haplotypes}: encode {encoded.seconds:.1f} s, fit {fitted.steps_per_s:.2f} steps/s, "
+                      f"impute {rows[-1]['impute_s']:.1f} s")
+    return rows
+
+
 # --- driver -------------------------------------------------------------------------------------------------
 def run_bench(options: BenchOptions) -> tuple[BenchResults, Path]:
     config = CONFIGS[options.config]
@@ -225,6 +266,8 @@ def run_bench(options: BenchOptions) -> tuple[BenchResults, Path]:
         results.encode = encode_suite(config, options, work)
     if "fit" in options.suites:
         results.fit = fit_suite(config, options, results.encode, work)
+    if "scale" in options.suites:
+        results.scale = scale_suite(config, options, work)
     stem = out / f"{options.config}-{device.type}"
     stem.with_suffix(".json").write_text(json.dumps(_nan_to_none(asdict(results)), indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(results))
