@@ -30,7 +30,8 @@ demo: install
 	$(BIN)/ragprep simulate --out $(DEMO)/panel.vcf.gz --samples 400 --holdout 40 --length 5e5 --seed $(SEED)
 	$(BIN)/ragprep encode $(DEMO)/panel.vcf.gz --out $(DEMO)/store.zarr --window 128 --stride 112 --seed $(SEED)
 	$(BIN)/ragprep inspect $(DEMO)/store.zarr
-	$(BIN)/ragtrain fit --store $(DEMO)/store.zarr --out $(DEMO)/run --max-steps 150 --eval-every 75 --seed $(SEED)
+	$(BIN)/ragtrain fit --store $(DEMO)/store.zarr --out $(DEMO)/run --targets $(DEMO)/panel.target.vcf.gz \
+		--max-steps 150 --eval-every 75 --seed $(SEED)
 	$(BIN)/ragtrain impute $(DEMO)/panel.target.vcf.gz --store $(DEMO)/store.zarr --model $(DEMO)/run/best.pt \
 		--out $(DEMO)/imputed.vcf.gz
 	$(BIN)/ragtrain evaluate $(DEMO)/imputed.vcf.gz --truth $(DEMO)/panel.truth.vcf.gz --store $(DEMO)/store.zarr \
@@ -44,7 +45,7 @@ bench: install
 	$(BIN)/ragtrain bench --config $(BENCH_CONFIG) --out $(BENCH_OUT) --seed $(SEED)
 
 # ragsnv and Beagle 5.4 on the same simulated split (OutOfAfrica panel, held-out array-typed targets);
-# `make compare SEED=2` for another split. Both use `ragtrain fit`'s defaults.
+# `make compare SEED=2` for another split. Both train as README recommends: defaults plus --targets.
 COMPARE ?= compare
 compare: install
 	rm -rf $(COMPARE) && mkdir -p $(COMPARE)
@@ -52,7 +53,7 @@ compare: install
 	/usr/bin/time -f "ragsnv encode wall %e s" $(BIN)/ragprep encode $(COMPARE)/panel.vcf.gz \
 		--out $(COMPARE)/store.zarr --seed $(SEED)
 	/usr/bin/time -f "ragsnv fit wall %e s" $(BIN)/ragtrain fit --store $(COMPARE)/store.zarr --out $(COMPARE)/run \
-		--max-steps 400 --eval-every 200 --seed $(SEED)
+		--targets $(COMPARE)/panel.target.vcf.gz --max-steps 400 --eval-every 200 --seed $(SEED)
 	/usr/bin/time -f "ragsnv impute wall %e s" $(BIN)/ragtrain impute $(COMPARE)/panel.target.vcf.gz \
 		--store $(COMPARE)/store.zarr --model $(COMPARE)/run/best.pt --out $(COMPARE)/ragsnv.vcf.gz
 	command -v beagle >/dev/null || apt-get install -y -q beagle >/dev/null 2>&1 || \
@@ -88,7 +89,8 @@ compare-real-run:
 	/usr/bin/time -f "ragsnv encode wall %e s" $(BIN)/ragprep encode $(COMPARE_REAL)/panel.vcf.gz \
 		--out $(COMPARE_REAL)/store.zarr --seed $(SEED)
 	/usr/bin/time -f "ragsnv fit wall %e s" $(BIN)/ragtrain fit --store $(COMPARE_REAL)/store.zarr \
-		--out $(COMPARE_REAL)/run --max-steps 400 --eval-every 200 --seed $(SEED)
+		--out $(COMPARE_REAL)/run --targets $(COMPARE_REAL)/panel.target.vcf.gz --max-steps 400 --eval-every 200 \
+		--seed $(SEED)
 	/usr/bin/time -f "ragsnv impute wall %e s" $(BIN)/ragtrain impute $(COMPARE_REAL)/panel.target.vcf.gz \
 		--store $(COMPARE_REAL)/store.zarr --model $(COMPARE_REAL)/run/best.pt --out $(COMPARE_REAL)/ragsnv.vcf.gz
 	command -v beagle >/dev/null || apt-get install -y -q beagle >/dev/null 2>&1 || \
