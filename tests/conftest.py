@@ -20,12 +20,14 @@ TINY = BertConfig(d_model=16, n_layers=1, n_heads=2, window=32, d_memory=8)
 
 # `ragprep encode` options that give the same encoder and store as tiny_options()
 TINY_CLI = ["--window", "32", "--stride", "24", "--d-model", "16", "--layers", "1", "--heads", "2",
-            "--d-memory", "8", "--seed", "3", "--device", "cpu", "--batch-size", "32", "--hap-block", "16"]
+            "--d-memory", "8", "--seed", "3", "--device", "cpu", "--batch-size", "32", "--hap-block", "16",
+            "--dtype", "float16"]
 
 
 def tiny_options(**overrides) -> EncodeOptions:
     """Encode options small enough for a test: 16 dims, 1 layer, windows of 32 sites with stride 24."""
-    base = {"config": TINY, "stride": 24, "seed": 3, "device": "cpu", "batch_size": 32, "hap_block": 16}
+    base = {"config": TINY, "stride": 24, "seed": 3, "device": "cpu", "batch_size": 32, "hap_block": 16,
+            "memory_dtype": "float16"}
     return EncodeOptions(**{**base, **overrides})
 
 
