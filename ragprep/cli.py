@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ragprep.cli_support import clean_errors, parse_shard
+from ragprep.cli_support import Device, clean_errors, parse_shard
 from ragprep.distributed import finish, is_main_process
 from ragprep.model import PRESETS
 from ragprep.progress import console
@@ -30,12 +30,6 @@ class Preset(str, Enum):
 class MemoryDtype(str, Enum):
     float16 = "float16"
     int8 = "int8"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 class Compressor(str, Enum):

@@ -5,12 +5,21 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 
 import typer
 
 from stores.errors import UserError, environment_error
 
 EXIT_USER_ERROR = 2
+
+
+class Device(str, Enum):
+    """--device of every command: auto (CUDA if present), cpu or cuda."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 @contextmanager
 def clean_errors() -> Iterator[None]:

@@ -21,7 +21,7 @@ import numpy as np
 import pysam
 
 from ragprep.progress import record_spinner
-from ragprep.vcf import open_vcf
+from ragprep.vcf import checked_records, open_vcf
 from stores.errors import UserError
 
 Key = tuple[str, int, str, str]  # contig, pos, REF, ALT
@@ -173,18 +173,8 @@ def _read_calls(path: str) -> _Calls:
     rows: list[np.ndarray] = []
     flags: list[np.ndarray] = []
     skipped = 0
-    last = "the header"
     with record_spinner(f"reading {path}") as tick:
-        records = iter(vcf)
-        while True:
-            try:
-                rec = next(records)
-            except StopIteration:
-                break
-            except Exception:  # noqa: BLE001 - htslib read error mid-file: truncated or corrupt
-                raise UserError(path, f"the file breaks after record {last} (truncated or corrupt bgzip?)",
-                                 "re-create it (bgzip / bcftools view -Oz) and check it with `bcftools view`") from None
-            last = f"{rec.CHROM}:{rec.POS}"
+        for rec in checked_records(iter(vcf), path):
             tick()
             if len(rec.ALT) != 1 or rec.ALT[0] in ("", ".", "*"):
                 skipped += len(rec.ALT) > 1

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from cyvcf2 import VCF
+from cyvcf2 import VCF, Variant
 
 from ragprep.progress import record_spinner
 from stores.errors import UserError
@@ -155,18 +155,8 @@ def read_panel(
     skipped = other = 0
     skipped_examples: list[str] = []
     other_examples: list[str] = []
-    last = "the header"
     with record_spinner(f"reading {path}") as tick:
-        while True:
-            try:
-                rec = next(records)
-            except StopIteration:
-                break
-            except Exception:  # noqa: BLE001 - htslib read error mid-file: truncated or corrupt
-                raise UserError(
-                    path, f"the file breaks after record {last} (truncated or corrupt bgzip?)",
-                    "re-create it (bgzip / bcftools view -Oz) and check it with `bcftools view`",
-                ) from None
+        for rec in checked_records(records, path):
             where = f"{rec.CHROM}:{rec.POS}"
             if wanted is not None and (rec.CHROM != wanted[0] or not wanted[1] <= rec.POS <= wanted[2]):
                 continue
@@ -193,7 +183,6 @@ def read_panel(
                     skipped += 1
                     if len(skipped_examples) < 3:
                         skipped_examples.append(where)
-                    last = where
                     continue
                 if len(rec.ALT) > 1:
                     raise UserError(
@@ -213,7 +202,6 @@ def read_panel(
             positions.append(rec.POS)
             refs.append(rec.REF)
             alts.append(rec.ALT[0])
-            last = where
             tick()
     if not rows:
         scope = f" in region {region}" if region else ""
@@ -232,6 +220,22 @@ def read_panel(
         other_alleles=other,
         other_examples=other_examples,
     )
+
+
+def checked_records(records: Iterator[Variant], path: str) -> Iterator[Variant]:
+    """`records`, with an htslib read error mid-file (truncated or corrupt) turned into one UserError line that
+    names the last record read."""
+    last = "the header"
+    while True:
+        try:
+            rec = next(records)
+        except StopIteration:
+            return
+        except Exception:  # noqa: BLE001 - htslib read error mid-file: truncated or corrupt
+            raise UserError(path, f"the file breaks after record {last} (truncated or corrupt bgzip?)",
+                            "re-create it (bgzip / bcftools view -Oz) and check it with `bcftools view`") from None
+        last = f"{rec.CHROM}:{rec.POS}"
+        yield rec
 
 
 def _has_lengths(vcf: VCF) -> bool:

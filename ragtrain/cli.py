@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ragprep.cli_support import clean_errors
+from ragprep.cli_support import Device, clean_errors
 from ragprep.distributed import finish, is_main_process
 from ragprep.progress import console
 from ragtrain.fit import FitOptions
@@ -43,12 +43,6 @@ class Retrieval(str, Enum):
 class Selection(str, Enum):
     copying = "copying"
     hamming = "hamming"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 _RETRIEVAL = RetrievalSpec()  # the defaults live in the dataclasses; the options show them

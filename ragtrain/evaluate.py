@@ -20,7 +20,7 @@ import numpy as np
 from cyvcf2 import VCF, Variant
 
 from ragprep.progress import console, record_spinner
-from ragprep.vcf import open_vcf
+from ragprep.vcf import checked_records, open_vcf
 from ragtrain import metrics
 from stores import EmbeddingStore, open_store
 from stores.errors import UserError
@@ -70,22 +70,6 @@ def _header_ids(vcf: VCF) -> dict[str, set[str]]:
     return ids
 
 
-def _records(vcf: VCF, path: str) -> Iterator[Variant]:
-    """Records, with a read error mid-file turned into a one-line UserError."""
-    records = iter(vcf)
-    last = "the header"
-    while True:
-        try:
-            rec = next(records)
-        except StopIteration:
-            return
-        except Exception:  # noqa: BLE001 - htslib read error: truncated or corrupt
-            raise UserError(path, f"the file breaks after record {last} (truncated or corrupt bgzip?)",
-                             "re-create it (bgzip / bcftools view -Oz) and check it with `bcftools view`") from None
-        last = f"{rec.CHROM}:{rec.POS}"
-        yield rec
-
-
 def _biallelic(rec: Variant) -> bool:
     return len(rec.ALT) == 1 and rec.ALT[0] not in ("", ".", "*")
 
@@ -102,7 +86,7 @@ def read_truth(path: str) -> Truth:
     rows: list[np.ndarray] = []
     skipped = 0
     with record_spinner(f"reading truth {path}") as tick:
-        for rec in _records(vcf, path):
+        for rec in checked_records(iter(vcf), path):
             if not _biallelic(rec):
                 skipped += 1
                 continue
@@ -151,7 +135,7 @@ def read_imputed(path: str, all_sites: bool = False) -> Imputed:
     gps: list[np.ndarray] = []
     dr2s: list[float] = []
     with record_spinner(f"reading {path}") as tick:
-        for rec in _records(vcf, path):
+        for rec in checked_records(iter(vcf), path):
             out.n_records += 1
             if not _biallelic(rec):
                 out.skipped_multiallelic += 1
