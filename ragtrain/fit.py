@@ -235,9 +235,6 @@ class Trainer:
             self.device = torch.device("cuda", self.world.local_rank)
         self.store = open_store(options.store)
         self.out = Path(options.out)
-        if self.world.is_main:
-            _check_out(self.out, options)
-        self.world.barrier()
         bert = query_encoder(self.store, options.encoder)
         self.config, self.retrieval = options.model_config(bert.config), options.retrieval
         with torch.random.fork_rng(devices=[]):
@@ -269,7 +266,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(options.warmup, self.total_steps))
         self.step, self.epoch, self.batch_in_epoch, self.best_r2 = 0, 0, 0, -math.inf
-        if self.world.is_main:
+        if self.world.is_main:  # every input checked: now an earlier run may be replaced, and the folder made
+            _check_out(self.out, options)
             self.out.mkdir(parents=True, exist_ok=True)
         self.world.barrier()
         if options.resume:
