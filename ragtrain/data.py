@@ -186,7 +186,7 @@ class BatchBuilder:
 
     def copy(self, batch: Batch, window: int, key_observed: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
         """Run the copying model over the key span: set batch.copy_prob and batch.neighbour_weight, and return the
-        k haplotypes [B, k] each query copies most inside the window (ties: lower id)."""
+        k haplotypes [B, k] each query copies most inside the window (ties: the nearer state by Hamming)."""
         span, key_span = self.plan.sites(window), self.key_span(window)
         inside = slice(span.start - key_span.start, span.stop - key_span.start)
         panel = self.panel_alleles[:, key_span]
