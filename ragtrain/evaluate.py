@@ -23,7 +23,7 @@ from ragprep.progress import console, record_spinner
 from ragprep.vcf import checked_records, open_vcf
 from ragtrain import metrics
 from stores import EmbeddingStore, open_store
-from stores.errors import UserError
+from stores.errors import UserError, check_writable
 
 SiteKey = tuple[str, int, str, str]  # contig, position, REF, ALT
 IMPUTED_FLAGS = ("IMP", "IMPUTED")  # Beagle, Minimac4
@@ -273,13 +273,7 @@ def _report_folder(out_dir: str) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(out, "exists and is a file; --out is the report folder", "give a folder path (new or existing)")
     out.mkdir(parents=True, exist_ok=True)
-    probe = out / f".probe-{os.getpid()}"
-    try:
-        probe.open("w").close()
-    except OSError as err:
-        raise UserError(out, f"cannot write there ({os.strerror(err.errno)})",
-                        "choose an --out folder that is writable and has free space") from None
-    probe.unlink()
+    check_writable(out, "choose an --out folder that is writable and has free space")
     return out
 
 

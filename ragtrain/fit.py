@@ -161,9 +161,9 @@ def hide_for_validation(queries: QuerySet, spec: MaskSpec, seed: int, af: np.nda
     and bool [Q, sites] hidden."""
     if typed is not None:
         hidden = np.repeat(~typed[None], len(queries), axis=0)
-        return QuerySet(apply_mask(queries.alleles, hidden), queries.sample_key, queries.exclude), hidden
-    masks = {int(key): mask_for(spec, seed, VALIDATION_EPOCH, int(key), -1, af) for key in np.unique(queries.sample_key)}
-    hidden = np.stack([masks[int(key)] for key in queries.sample_key]) if len(queries) else np.zeros((0, af.size), bool)
+    else:
+        masks = {int(k): mask_for(spec, seed, VALIDATION_EPOCH, int(k), -1, af) for k in np.unique(queries.sample_key)}
+        hidden = np.stack([masks[int(k)] for k in queries.sample_key]) if len(queries) else np.zeros((0, af.size), bool)
     return QuerySet(apply_mask(queries.alleles, hidden), queries.sample_key, queries.exclude), hidden
 
 

@@ -22,7 +22,7 @@ import pysam
 from pysam.libcbgzf import BGZFile
 
 from ragtrain.metrics import dr2_from_haplotypes
-from stores.errors import UserError
+from stores.errors import UserError, check_writable
 from stores.reader import EmbeddingStore
 
 SCALE = 1000  # printed precision: thousandths
@@ -114,13 +114,7 @@ def check_output(out: str | Path) -> Path:
     if out.is_dir():
         raise UserError(out, "is a folder", "give a file name like imputed.vcf.gz")
     out.parent.mkdir(parents=True, exist_ok=True)
-    probe = out.with_name(f".{out.name}.probe-{os.getpid()}")
-    try:
-        probe.open("wb").close()
-    except OSError as err:
-        raise UserError(out.parent, f"cannot write there ({os.strerror(err.errno)})",
-                        "choose an --out in a writable folder with free space") from None
-    probe.unlink()
+    check_writable(out.parent, "choose an --out in a writable folder with free space")
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -41,3 +42,14 @@ def environment_error(err: OSError, path: object | None = None) -> UserError | N
     if err.errno not in ENVIRONMENT_FIXES or where is None:
         return None
     return UserError(where, os.strerror(err.errno), ENVIRONMENT_FIXES[err.errno])
+
+
+def check_writable(folder: Path, fix: str) -> None:
+    """Create a file in `folder` and remove it: a UserError naming the folder (and `fix`) if that fails, so a
+    command refuses an unwritable output before it does any work."""
+    probe = folder / f".probe-{os.getpid()}"
+    try:
+        probe.open("wb").close()
+    except OSError as err:
+        raise UserError(folder, f"cannot write there ({os.strerror(err.errno)})", fix) from None
+    probe.unlink()
