@@ -1,7 +1,9 @@
-"""Rich progress bars shared by every long-running step."""
+"""Rich progress bars shared by every long-running step, and a clock of where the time goes."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -51,3 +53,24 @@ def record_spinner(description: str, every: int = 5000) -> Iterator[Callable[[],
                 progress.update(task, completed=count)
 
         yield tick
+
+
+class StageClock:
+    """Seconds spent per named stage, summed over calls and threads (stages in different threads overlap)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - started)
+
+    def add(self, name: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+

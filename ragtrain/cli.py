@@ -185,6 +185,7 @@ def impute(
                             stitch=stitch.value, region=region, retrieval=retrieval.value if retrieval else None)
     console.print(f"wrote {report.path}: {report.samples} samples x {report.sites} sites "
                   f"({report.typed_sites} typed) in {report.seconds:.1f} s, {report.genotypes_per_s:,.0f} genotypes/s")
+    console.print(f"[dim]stages (batches are built while the network runs): {report.stage_line()}[/dim]")
 
 def print_metrics(metrics: dict) -> None:
     from rich.table import Table
@@ -250,7 +251,7 @@ def bench(
     modes: Annotated[str, typer.Option(help="Step benchmark modes, comma-separated.")] = "precomputed,online,none",
     batch: Annotated[int | None, typer.Option(min=1, help="Step benchmark batch (default: the config's).")] = None,
     k: Annotated[str | None, typer.Option(help="Neighbours, comma-separated (default: the config's).")] = None,
-    suites: Annotated[str, typer.Option(help="Any of step, encode, fit, scale (how cost grows with the panel), comma-separated.")] = "step,encode,fit",
+    suites: Annotated[str, typer.Option(help="Any of step, encode, fit, impute (throughput and stage split, beside Beagle), scale (how cost grows with the panel), comma-separated.")] = "step,encode,fit,impute",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     memory_limit_gb: Annotated[float | None, typer.Option(help="Cap each step process (e.g. 24 to act as a 24 GB card).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds a step case may take before it is recorded as a timeout.")] = 1800.0,

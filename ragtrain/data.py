@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ragprep.model import PAD
+from ragprep.progress import StageClock
 from ragprep.windows import pad_window
 from ragtrain.hmm import WEIGHT_BUCKETS, copying, weight_buckets
 from ragtrain.masking import MaskSpec, apply_mask, mask_for
@@ -108,14 +109,18 @@ class BatchBuilder:
 
     mask: training masks drawn per (seed, epoch, sample, window) over the key span; typed: bool [sites], the
     sites a target file types (`ragtrain fit --targets`): every other site is hidden, as impute will see it
-    (wins over `mask`); neither at inference, where the queries' untyped sites are already -1.
+    (wins over `mask`); neither at inference, where the queries' untyped sites are already -1. `clock` sums
+    the seconds of each stage (batches in all; within them state selection, copying model, store reads).
     """
 
     def __init__(self, store: EmbeddingStore, panel_alleles: np.ndarray, queries: QuerySet, *,
                  retrieval: RetrievalSpec, rag_mode: str, mask: MaskSpec | None = None, seed: int = 0,
-                 typed: np.ndarray | None = None) -> None:
+                 typed: np.ndarray | None = None, clock: StageClock | None = None) -> None:
         self.store, self.panel_alleles, self.queries = store, panel_alleles, queries
         self.retrieval, self.rag_mode, self.mask, self.seed, self.typed = retrieval, rag_mode, mask, seed, typed
+        self.clock = clock or StageClock()
+        self._index: WindowIndex | None = None  # the last window's Hamming index, and what it was built from
+        self._index_key: tuple | None = None
         most = panel_alleles.shape[0] - queries.exclude.shape[1]
         if retrieval.k > most:
             raise UserError("--k", f"cannot retrieve k={retrieval.k} neighbours from {panel_alleles.shape[0]} reference "
@@ -149,6 +154,10 @@ class BatchBuilder:
 
     def build(self, epoch: int, window: int, query_ids: np.ndarray, scored: bool = True) -> Batch:
         """One window's batch; `scored` False leaves every label IGNORE (a rank's stand-in share, see fit)."""
+        with self.clock.stage("batches"):
+            return self._build(epoch, window, query_ids, scored)
+
+    def _build(self, epoch: int, window: int, query_ids: np.ndarray, scored: bool) -> Batch:
         span, key_span = self.plan.sites(window), self.key_span(window)
         key_truth, key_hidden = self.queries.alleles[query_ids, key_span], self.masks(epoch, window, query_ids)
         key_observed = apply_mask(key_truth, key_hidden)
@@ -178,7 +187,8 @@ class BatchBuilder:
             match[:, :, :n] = match_buckets(key_observed, self.panel_alleles[ids, key_span], within=inside)
             batch.neighbour_match = torch.from_numpy(match)
         if self.rag_mode == "precomputed":
-            block = self.store.read_neighbours(window, ids.reshape(-1))
+            with self.clock.stage("store reads"):
+                block = self.store.read_neighbours(window, ids.reshape(-1))
             batch.memory = torch.from_numpy(block.values.reshape(b, k, self.plan.length, -1))
             if block.scales is not None:
                 batch.memory_scales = torch.from_numpy(block.scales.reshape(b, k, self.plan.length))
@@ -192,16 +202,18 @@ class BatchBuilder:
         panel = self.panel_alleles[:, key_span]
         states = None
         if 0 < self.retrieval.states < panel.shape[0] - self.queries.exclude.shape[1]:
-            states = self.nearest(window, key_observed, query_ids, self.retrieval.states)
-        model = copying(panel, key_observed, self.cm[key_span], self.queries.exclude[query_ids],
-                        ne=self.retrieval.ne, mismatch=self.retrieval.mismatch, states=states)
+            with self.clock.stage("state selection"):
+                states = self.nearest(window, key_observed, query_ids, self.retrieval.states)
         b, n, length = len(query_ids), span.stop - span.start, self.plan.length
-        prob = np.full((b, length), 0.5, dtype=np.float32)
-        prob[:, :n] = model.alt_probability(panel, inside)
+        with self.clock.stage("copying model"):
+            model = copying(panel, key_observed, self.cm[key_span], self.queries.exclude[query_ids],
+                            ne=self.retrieval.ne, mismatch=self.retrieval.mismatch, states=states, sites=inside)
+            prob = np.full((b, length), 0.5, dtype=np.float32)
+            prob[:, :n] = model.alt_probability(panel)
+            chosen = np.argsort(-model.mass(), axis=1, kind="stable")[:, :self.retrieval.k]
+            weight = np.full((b, self.retrieval.k, length), WEIGHT_BUCKETS - 1, dtype=np.int64)
+            weight[:, :, :n] = weight_buckets(model.weights(chosen))
         batch.copy_prob = torch.from_numpy(prob)
-        chosen = np.argsort(-model.mass(inside), axis=1, kind="stable")[:, :self.retrieval.k]
-        weight = np.full((b, self.retrieval.k, length), WEIGHT_BUCKETS - 1, dtype=np.int64)
-        weight[:, :, :n] = weight_buckets(model.weights(chosen, inside))
         batch.neighbour_weight = torch.from_numpy(weight)
         ids = chosen if states is None else np.take_along_axis(states, chosen, axis=1)
         return ids.astype(np.int64)
@@ -214,8 +226,11 @@ class BatchBuilder:
         """int64 [B, count] panel haplotypes nearest each query by Hamming distance over its observed key-span
         sites, its own sample excluded (exact; ties by lower id)."""
         columns = np.flatnonzero((observed >= 0).any(axis=0))  # hidden sites score 0 for every haplotype
-        index = WindowIndex(self.panel_alleles[:, self.key_span(window)][:, columns], backend=self.retrieval.backend)
-        ids, _ = index.search(observed[:, columns], count, exclude=self.queries.exclude[query_ids])
+        key = (window, columns.tobytes())
+        if self._index_key != key:  # a window's batches mostly observe the same sites: one index for them
+            span = self.panel_alleles[:, self.key_span(window)]
+            self._index, self._index_key = WindowIndex(span[:, columns], backend=self.retrieval.backend), key
+        ids, _ = self._index.search(observed[:, columns], count, exclude=self.queries.exclude[query_ids])
         return ids
 
 

@@ -25,50 +25,58 @@ WEIGHT_BUCKETS = 16
 
 @dataclass
 class Copying:
-    """Posterior copying probabilities of a batch of queries over one span of sites.
+    """Posterior copying probabilities of a batch of queries at some sites of a span.
 
-    gamma [B, M, N] at each query's observed sites (padded steps repeat the last one), over the query's N states
-    (`states` [B, N] panel haplotypes, or every haplotype when None); the interpolation of a site s: rows
-    left[b, s] and right[b, s] of gamma, mixed with weight t[b, s] on the right one.
+    gamma [B, R, N]: rows first .. first + R - 1 of each query's M observed steps (padded steps repeat the last
+    one), the rows that the chosen sites interpolate between, over the query's N states (`states` [B, N] panel
+    haplotypes, or every haplotype when None). Chosen site j of query b mixes rows left[b, j] and right[b, j] of
+    gamma with weight t[b, j] on the right one.
     """
 
     gamma: np.ndarray
-    left: np.ndarray  # int64 [B, S]
-    right: np.ndarray  # int64 [B, S]
-    t: np.ndarray  # float32 [B, S]
+    left: np.ndarray  # int64 [B, n]
+    right: np.ndarray  # int64 [B, n]
+    t: np.ndarray  # float32 [B, n]
+    sites: slice  # the chosen sites, a slice of the span
+    first: int  # the first row kept, among
+    steps: int  # the M observed steps of the span
     states: np.ndarray | None = None  # int64 [B, N]
 
-    def alt_probability(self, alleles: np.ndarray, sites: slice) -> np.ndarray:
-        """float32 [B, n]: P(ALT) of each query at `sites` (a slice of the span) under the copying model, from
-        the reference alleles of the span int8 [H, S]."""
-        left, right, t = self.left[:, sites], self.right[:, sites], self.t[:, sites]
-        lo, hi = int(left.min(initial=0)), int(right.max(initial=0)) + 1  # only the rows these sites use
-        window = alleles[:, sites].astype(np.float32)
+    def alt_probability(self, alleles: np.ndarray) -> np.ndarray:
+        """float32 [B, n]: P(ALT) of each query at the chosen sites under the copying model, from the reference
+        alleles of the span int8 [H, S]."""
+        window = alleles[:, self.sites].astype(np.float32)
         if self.states is None:
-            at_obs = np.einsum("bmh,hs->bms", self.gamma[:, lo:hi], window, optimize=True)
+            at_obs = np.einsum("bmh,hs->bms", self.gamma, window, optimize=True)
         else:
-            at_obs = np.matmul(self.gamma[:, lo:hi], window[self.states])  # [B, m, N] @ [B, N, n]
-        p_left = np.take_along_axis(at_obs, left[:, None, :] - lo, axis=1)[:, 0]
-        p_right = np.take_along_axis(at_obs, right[:, None, :] - lo, axis=1)[:, 0]
-        return np.clip((1 - t) * p_left + t * p_right, 0.0, 1.0).astype(np.float32)
+            at_obs = np.matmul(self.gamma, window[self.states])  # [B, R, N] @ [B, N, n]
+        p_left = np.take_along_axis(at_obs, self.left[:, None, :], axis=1)[:, 0]
+        p_right = np.take_along_axis(at_obs, self.right[:, None, :], axis=1)[:, 0]
+        return np.clip((1 - self.t) * p_left + self.t * p_right, 0.0, 1.0).astype(np.float32)
 
-    def mass(self, sites: slice) -> np.ndarray:
-        """float32 [B, N]: each state's copying probability summed over `sites`."""
-        left, right, t = self.left[:, sites], self.right[:, sites], self.t[:, sites]
-        coef = np.zeros(self.gamma.shape[:2], dtype=np.float32)
-        rows = np.arange(coef.shape[0])[:, None]
-        np.add.at(coef, (rows, left), 1 - t)
-        np.add.at(coef, (rows, right), t)
-        return np.einsum("bm,bmh->bh", coef, self.gamma, optimize=True)
+    def mass(self) -> np.ndarray:
+        """float32 [B, N]: each state's copying probability summed over the chosen sites.
 
-    def weights(self, ids: np.ndarray, sites: slice) -> np.ndarray:
+        The sum runs (through BLAS) over all M steps of the span, zero outside the rows kept: BLAS blocks a sum
+        by its length, so this keeps the result bit for bit independent of which rows a window keeps.
+        """
+        b, kept, n = self.gamma.shape
+        coef = np.zeros((b, self.steps), dtype=np.float32)
+        rows = np.arange(b)[:, None]
+        np.add.at(coef, (rows, self.left + self.first), 1 - self.t)
+        np.add.at(coef, (rows, self.right + self.first), self.t)
+        gamma = np.zeros((b, self.steps, n), dtype=np.float32)
+        gamma[:, self.first:self.first + kept] = self.gamma
+        return np.einsum("bm,bmh->bh", coef, gamma, optimize=True)
+
+    def weights(self, ids: np.ndarray) -> np.ndarray:
         """float32 [B, k, n]: the copying probability of chosen states ids [B, k] (indices into the N states) at
-        `sites`."""
-        chosen = np.take_along_axis(self.gamma, ids[:, None, :], axis=2)  # [B, M, k]
-        left, right, t = self.left[:, sites], self.right[:, sites], self.t[:, sites]
-        w_left = np.take_along_axis(chosen, left[:, :, None], axis=1)  # [B, n, k]
-        w_right = np.take_along_axis(chosen, right[:, :, None], axis=1)
-        return ((1 - t)[:, :, None] * w_left + t[:, :, None] * w_right).transpose(0, 2, 1).astype(np.float32)
+        the chosen sites."""
+        chosen = np.take_along_axis(self.gamma, ids[:, None, :], axis=2)  # [B, R, k]
+        w_left = np.take_along_axis(chosen, self.left[:, :, None], axis=1)  # [B, n, k]
+        w_right = np.take_along_axis(chosen, self.right[:, :, None], axis=1)
+        t = self.t[:, :, None]
+        return ((1 - t) * w_left + t * w_right).transpose(0, 2, 1).astype(np.float32)
 
 
 def switch_probabilities(cm: np.ndarray, ne: float, n_haplotypes: int) -> np.ndarray:
@@ -77,16 +85,38 @@ def switch_probabilities(cm: np.ndarray, ne: float, n_haplotypes: int) -> np.nda
     return -np.expm1(-4.0 * ne * morgans / n_haplotypes)
 
 
+def copied_alleles(alleles: np.ndarray, obs: np.ndarray, states: np.ndarray | None) -> np.ndarray:
+    """int8 [M, B, N], step-major: the allele query b's state n carries at its observed step m (alleles [H, S],
+    obs [B, M] site indices, states [B, N] haplotype ids or None for all H). Gathered query by query from the
+    observed columns only, whose rows queries with the same observed sites share."""
+    if states is None:
+        return alleles[:, obs.T].transpose(1, 2, 0)
+    columns, where = np.unique(obs, return_inverse=True)
+    where = where.reshape(obs.shape)
+    by_site = np.ascontiguousarray(alleles[:, columns].T)  # [C, H]
+    out = np.empty((obs.shape[1], *states.shape), dtype=alleles.dtype)
+    rows, previous = None, None
+    for q in range(obs.shape[0]):
+        if previous is None or not np.array_equal(where[q], previous):
+            rows, previous = by_site[where[q]], where[q]  # [M, H]
+        out[:, q] = rows[:, states[q]]
+    return out
+
+
 def copying(alleles: np.ndarray, observed: np.ndarray, cm: np.ndarray, exclude: np.ndarray | None = None,
-            ne: float = 20_000.0, mismatch: float = 1e-3, states: np.ndarray | None = None) -> Copying:
-    """Forward-backward of each query over its observed sites.
+            ne: float = 20_000.0, mismatch: float = 1e-3, states: np.ndarray | None = None,
+            sites: slice = slice(None)) -> Copying:
+    """Forward-backward of each query over its observed sites, for the copying probabilities at `sites`.
 
     alleles: int8 [H, S] reference alleles of the span; observed: int8 [B, S] query alleles (-1 where hidden or
     missing); cm: float [S] genetic positions (centiMorgans); exclude: int64 [B, m] haplotypes a query must
     never copy (its own sample; negative ids ignored); states: int64 [B, N] the haplotypes each query may copy
-    (IMPUTE5-style state selection; None: all H, less `exclude`).
+    (IMPUTE5-style state selection; None: all H, less `exclude`); sites: the sites of the span wanted (a window
+    inside its key span). Every observed site of the span informs the posteriors; the forward pass stops at
+    the last step the chosen sites use and the backward pass at the first, so a window in the middle of its
+    span costs about one pass over the span, not two.
     """
-    b = observed.shape[0]
+    b, n_sites = observed.shape
     n_hap = alleles.shape[0] if states is None else states.shape[1]
     seen = observed >= 0
     counts = seen.sum(axis=1)
@@ -98,6 +128,20 @@ def copying(alleles: np.ndarray, observed: np.ndarray, cm: np.ndarray, exclude: 
     obs = np.where(step < counts[:, None], order, np.take_along_axis(order, last, axis=1))
     real = step < counts[:, None]  # [B, M]
 
+    # the chosen sites, each between the observed steps left and right of it (in genetic distance)
+    chosen = np.arange(n_sites)[sites]
+    before = (np.cumsum(seen, axis=1) - 1)[:, chosen]  # index among observed of the last observed site <= s, or -1
+    left = np.clip(before, 0, None)
+    right = np.where(seen[:, chosen], left, np.minimum(before + 1, last))
+    left_cm = np.take_along_axis(cm[obs], left, axis=1)
+    right_cm = np.take_along_axis(cm[obs], right, axis=1)
+    gap = right_cm - left_cm
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where((gap > 0) & (before >= 0), (cm[None, chosen] - left_cm) / gap, 0.0)
+    t = np.where(before < 0, 0.0, np.clip(t, 0.0, 1.0)).astype(np.float32)
+    right = np.where(before < 0, 0, right)
+    first, stop = (int(left.min()), int(right.max()) + 1) if left.size else (0, 1)  # the rows of gamma needed
+
     allowed = np.ones((b, n_hap), dtype=np.float32)
     if exclude is not None and exclude.size and states is None:
         rows, cols = np.nonzero(exclude >= 0)
@@ -105,47 +149,60 @@ def copying(alleles: np.ndarray, observed: np.ndarray, cm: np.ndarray, exclude: 
     n_allowed = allowed.sum(axis=1, keepdims=True)
 
     query = np.take_along_axis(observed, obs, axis=1)  # [B, M]
-    if states is None:
-        copied = alleles[:, obs].transpose(1, 2, 0)  # [B, M, H]
-    else:
-        copied = alleles[states[:, None, :], obs[:, :, None]]  # [B, M, N]
-    emission = np.where(copied == query[:, :, None], np.float32(1 - mismatch), np.float32(mismatch))
-    emission *= allowed[:, None, :]
-    emission[~real] = allowed[np.nonzero(~real)[0]]  # no query (or padding): no evidence
+    match = (copied_alleles(alleles, obs, states) == query.T[:, :, None]).view(np.uint8)  # [M, B, N]
     r = switch_probabilities(cm[obs].astype(np.float64), ne, n_hap).astype(np.float32)  # [B, M-1]
     r[~real[:, 1:]] = 0.0
     jump = allowed / n_allowed  # [B, H]
+    every_state = bool((allowed == 1).all())
+    if every_state:  # the jump term is one number a row
+        jump = jump[:, :1]
+    levels = np.array([mismatch, 1 - mismatch], dtype=np.float32)  # mismatch, match
+    emitted = np.empty((b, n_hap), dtype=np.float32)
 
-    alpha = np.empty((b, m_max, n_hap), dtype=np.float32)
-    a = emission[:, 0] * jump
-    alpha[:, 0] = a / a.sum(axis=1, keepdims=True)
-    for m in range(1, m_max):
+    def emission(m: int) -> np.ndarray:
+        """float32 [B, N] at step m (one buffer, rewritten each call): 1 - mismatch where the state's allele
+        matches, mismatch where not, 0 for disallowed states, `allowed` at padding."""
+        np.take(levels, match[m], out=emitted)
+        if not every_state:
+            np.multiply(emitted, allowed, out=emitted)
+        pad = ~real[:, m]
+        if pad.any():
+            emitted[pad] = allowed[pad]
+        return emitted
+
+    # forward up to the last row needed, keeping rows first.. (earlier ones only as the previous step)
+    gamma = np.empty((b, stop - first, n_hap), dtype=np.float32)
+    scratch = np.empty((b, n_hap), dtype=np.float32)
+    a = emission(0) * jump
+    previous = gamma[:, 0] if first == 0 else scratch
+    np.divide(a, a.sum(axis=1, keepdims=True), out=previous)
+    for m in range(1, stop):
         rm = r[:, m - 1, None]
-        a = emission[:, m] * ((1 - rm) * alpha[:, m - 1] + rm * jump)
-        alpha[:, m] = a / a.sum(axis=1, keepdims=True)
-    gamma = alpha  # posteriors overwrite the forward pass in place
-    beta = allowed.copy()
-    gamma[:, -1] *= beta
-    for m in range(m_max - 2, -1, -1):
-        rm = r[:, m, None]
-        t_ = emission[:, m + 1] * beta
-        beta = (1 - rm) * t_ + rm * jump * t_.sum(axis=1, keepdims=True)
-        beta /= beta.sum(axis=1, keepdims=True)
-        gamma[:, m] *= beta
-    gamma /= gamma.sum(axis=2, keepdims=True)
+        np.multiply(1 - rm, previous, out=a)
+        a += rm * jump
+        a *= emission(m)
+        previous = gamma[:, m - first] if m >= first else scratch
+        np.divide(a, a.sum(axis=1, keepdims=True), out=previous)
 
-    # interpolation of every site of the span between the observed sites around it
-    before = np.cumsum(seen, axis=1) - 1  # index among observed of the last observed site <= s, or -1
-    left = np.clip(before, 0, None)
-    right = np.where(seen, left, np.minimum(before + 1, last))
-    left_cm = np.take_along_axis(cm[obs], left, axis=1)
-    right_cm = np.take_along_axis(cm[obs], right, axis=1)
-    gap = right_cm - left_cm
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where((gap > 0) & (before >= 0), (cm[None, :] - left_cm) / gap, 0.0)
-    t = np.where(before < 0, 0.0, np.clip(t, 0.0, 1.0)).astype(np.float32)
-    right = np.where(before < 0, 0, right)
-    return Copying(gamma, left.astype(np.int64), right.astype(np.int64), t, states)
+    # backward from the last step down to the first row needed; posteriors overwrite the forward rows
+    def posterior(m: int, beta: np.ndarray) -> None:
+        if first <= m < stop:
+            row = gamma[:, m - first]
+            row *= beta
+            row /= row.sum(axis=1, keepdims=True)
+
+    beta = allowed.copy()
+    posterior(m_max - 1, beta)
+    for m in range(m_max - 2, first - 1, -1):
+        rm = r[:, m, None]
+        np.multiply(emission(m + 1), beta, out=a)
+        total = a.sum(axis=1, keepdims=True)
+        np.multiply(1 - rm, a, out=beta)
+        beta += rm * jump * total
+        beta /= beta.sum(axis=1, keepdims=True)
+        posterior(m, beta)
+    return Copying(gamma, (left - first).astype(np.int64), (right - first).astype(np.int64), t, sites, first, m_max,
+                   states)
 
 
 def weight_buckets(weights: np.ndarray) -> np.ndarray:

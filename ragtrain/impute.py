@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ragprep.encode import resolve_device
-from ragprep.progress import console, progress_bar
+from ragprep.progress import StageClock, console, progress_bar
 from ragtrain.checkpoint import load_checkpoint
 from ragtrain.data import BatchBuilder, Prefetcher, QuerySet, external_queries, inference_plan
 from ragtrain.model import RagImputer, batch_logits
@@ -25,6 +25,12 @@ from stores import EmbeddingStore, open_store
 Stitch = Literal["core", "average"]
 
 
+STAGES = ("read targets", "state selection", "copying model", "store reads", "batch assembly", "network",
+          "stitching", "waiting for batches", "write VCF")
+"""The stages of `impute`, in order. Batches are built in a background thread while the network runs, so the
+stages before "network" overlap it; "waiting for batches" is the time the network sat idle."""
+
+
 @dataclass
 class ImputeReport:
     path: Path
@@ -32,10 +38,14 @@ class ImputeReport:
     sites: int
     typed_sites: int
     seconds: float
+    stages: dict[str, float]  # seconds per STAGES name
 
     @property
     def genotypes_per_s(self) -> float:
         return self.samples * self.sites / max(self.seconds, 1e-9)
+
+    def stage_line(self) -> str:
+        return ", ".join(f"{name} {self.stages[name]:.1f} s" for name in STAGES if name in self.stages)
 
 
 class Imputer:
@@ -43,10 +53,12 @@ class Imputer:
     them. Fit's validation and the benchmarks use the same object, so validation scores what impute writes."""
 
     def __init__(self, model: RagImputer, retrieval: RetrievalSpec, store: EmbeddingStore, device: torch.device,
-                 batch_size: int = 64, stitch: Stitch = "average", panel_alleles: np.ndarray | None = None) -> None:
+                 batch_size: int = 64, stitch: Stitch = "average", panel_alleles: np.ndarray | None = None,
+                 clock: StageClock | None = None) -> None:
         self.model, self.retrieval, self.store, self.device = model, retrieval, store, device
         self.batch_size, self.stitch = batch_size, stitch
         self._panel = panel_alleles
+        self.clock = clock or StageClock()
 
     @classmethod
     def load(cls, path: str | Path, store: EmbeddingStore, device: torch.device, backend: str | None = None,
@@ -70,21 +82,26 @@ class Imputer:
         plan, was_training = self.store.plan, self.model.training
         self.model.eval()
         builder = BatchBuilder(self.store, self.panel_alleles(), queries, retrieval=self.retrieval,
-                               rag_mode=self.model.config.rag_mode)
+                               rag_mode=self.model.config.rag_mode, clock=self.clock)
         total = np.zeros((plan.n_sites, len(queries)), dtype=np.float64)
         count = plan.coverage()[:, None] if self.stitch == "average" else np.ones((plan.n_sites, 1))
         items = inference_plan(plan.n_windows, len(queries), self.batch_size)
         bar = progress_bar() if show_progress else nullcontext()  # fit's validation runs inside fit's own bar
+        clock = self.clock
         with bar:
             task = bar.add_task("impute", total=len(items)) if show_progress else None
-            for batch in Prefetcher(builder, ((0, w, ids) for w, ids in items), pin=self.device.type == "cuda"):
-                batch = batch.to(self.device)
-                p_alt = torch.softmax(batch_logits(self.model, batch).float(), dim=-1)[..., 1].cpu().numpy().T
-                span = plan.sites(batch.window)
-                keep = plan.core(batch.window) if self.stitch == "core" else span
-                total[keep, batch.query_ids] += p_alt[keep.start - span.start:keep.stop - span.start]
+            batches = Prefetcher(builder, ((0, w, ids) for w, ids in items), pin=self.device.type == "cuda")
+            for batch in batches:
+                with clock.stage("network"):
+                    batch = batch.to(self.device)
+                    p_alt = torch.softmax(batch_logits(self.model, batch).float(), dim=-1)[..., 1].cpu().numpy().T
+                with clock.stage("stitching"):
+                    span = plan.sites(batch.window)
+                    keep = plan.core(batch.window) if self.stitch == "core" else span
+                    total[keep, batch.query_ids] += p_alt[keep.start - span.start:keep.stop - span.start]
                 if show_progress:
                     bar.advance(task)
+            clock.add("waiting for batches", batches.wait_seconds)
         self.model.train(was_training)
         return (total / count).astype(np.float32)
 
@@ -95,12 +112,24 @@ def impute(target_vcf: str, store_url: str, model_path: str, out: str, device: s
     check_output(out)  # before the work, not after it
     torch_device = resolve_device(device)
     store = open_store(store_url)
-    imputer = Imputer.load(model_path, store, torch_device, backend=retrieval, batch_size=batch_size, stitch=stitch)
-    targets = load_targets(target_vcf, store, region=region)
+    clock = StageClock()
+    imputer = Imputer.load(model_path, store, torch_device, backend=retrieval, batch_size=batch_size, stitch=stitch,
+                           clock=clock)
+    with clock.stage("read targets"):
+        targets = load_targets(target_vcf, store, region=region)
     console.print(targets.summary())
     queries = external_queries(targets.alleles, targets.sample_ids, store.sample_ids)
     prob = imputer.probabilities(queries)
-    path = write_imputed_vcf(out, Sites.from_store(store, targets.contig_length), targets.sample_ids, prob,
-                             targets.typed, targets.alleles, source=f"ragsnv impute --model {model_path}")
+    with clock.stage("write VCF"):
+        path = write_imputed_vcf(out, Sites.from_store(store, targets.contig_length), targets.sample_ids, prob,
+                                 targets.typed, targets.alleles, source=f"ragsnv impute --model {model_path}")
     return ImputeReport(path, len(targets.sample_ids), prob.shape[0], int(targets.typed.sum()),
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, impute_stages(clock.seconds))
+
+
+def impute_stages(seconds: dict[str, float]) -> dict[str, float]:
+    """A clock's seconds as STAGES: the batch builder's total less the stages inside it is "batch assembly"."""
+    stages = dict(seconds)
+    inside = sum(stages.get(name, 0.0) for name in ("state selection", "copying model", "store reads"))
+    stages["batch assembly"] = stages.pop("batches", 0.0) - inside
+    return {name: stages[name] for name in STAGES if name in stages}

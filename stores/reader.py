@@ -7,6 +7,7 @@ the chunk files themselves (zero-copy); other stores through zarr, one window's 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -64,6 +65,7 @@ class EmbeddingStore:
         self.scales = self.group[schema.EMBEDDING_SCALE] if self.meta.memory_dtype == "int8" else None
         self.mmap = use_mmap and is_local(self.url) and self.meta.compressor == "none" and not self.meta.sharded
         self._chunk = lru_cache(maxsize=8192)(self._open_chunk)
+        self._decoded = threading.local()  # the chunks of the window read last, per thread (see _block)
 
     def _check_plan(self) -> None:
         """The window arrays (kept for readers outside ragsnv) must say what the plan in the attributes says."""
@@ -137,32 +139,43 @@ class EmbeddingStore:
 
     # --- embeddings -------------------------------------------------------------------------------------
     def read_neighbours(self, window: int, haplotypes: np.ndarray) -> MemoryBlock:
-        """Embeddings of `haplotypes` (any order, repeats allowed) in `window`, reading only their chunks."""
+        """Embeddings of `haplotypes` (any order, repeats allowed) in `window`, reading only their chunks. The
+        chunks decoded last (one window's, per thread) are kept: consecutive batches of a window share them."""
         ids = np.asarray(haplotypes, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.n_haplotypes):
             raise IndexError(f"haplotype ids must be in 0..{self.n_haplotypes - 1}")  # a caller's bug
-        if self.mmap:
-            scales = None if self.scales is None else self._gather_mmap(schema.EMBEDDING_SCALE, window, ids)
-            return MemoryBlock(self._gather_mmap(schema.EMBEDDINGS, window, ids), scales)
-        unique, inverse = np.unique(ids, return_inverse=True)
-        values = np.asarray(self.embeddings.oindex[window, unique])[inverse]
-        scales = None if self.scales is None else np.asarray(self.scales.oindex[window, unique])[inverse]
-        return MemoryBlock(values, scales)
+        scales = None if self.scales is None else self._gather(schema.EMBEDDING_SCALE, window, ids)
+        return MemoryBlock(self._gather(schema.EMBEDDINGS, window, ids), scales)
 
     def read_window(self, window: int) -> MemoryBlock:
         """Every haplotype's embeddings in one window: [H, L, d]."""
         scales = None if self.scales is None else np.asarray(self.scales[window])
         return MemoryBlock(np.asarray(self.embeddings[window]), scales)
 
-    def _gather_mmap(self, name: str, window: int, ids: np.ndarray) -> np.ndarray:
+    def _gather(self, name: str, window: int, ids: np.ndarray) -> np.ndarray:
         block = self.meta.hap_block
         dtype, rest = self._chunk_layout(name)
         out = np.empty((ids.size, *rest), dtype=dtype)
         blocks = ids // block
         for b in np.unique(blocks):
             rows = np.nonzero(blocks == b)[0]
-            out[rows] = self._chunk(name, window, int(b))[ids[rows] - b * block]
+            out[rows] = self._block(name, window, int(b))[ids[rows] - b * block]
         return out
+
+    def _block(self, name: str, window: int, block: int) -> np.ndarray:
+        """One chunk [hap_block, ...] of `name` in `window`: memory-mapped, or decoded through zarr and kept
+        until this thread reads another window."""
+        if self.mmap:
+            return self._chunk(name, window, block)
+        cache = self._decoded.__dict__
+        if cache.get("window") != window:
+            cache.clear()
+            cache["window"] = window
+        if (name, block) not in cache:
+            array = self.embeddings if name == schema.EMBEDDINGS else self.scales
+            size = self.meta.hap_block
+            cache[(name, block)] = np.asarray(array[window, block * size:(block + 1) * size])
+        return cache[(name, block)]
 
     def _chunk_layout(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
         """dtype and per-haplotype shape of one chunk of `name` (embeddings, or int8 scales)."""

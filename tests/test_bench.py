@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 from conftest import torch_threads
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from ragtrain.bench import CONFIGS, BenchOptions, run_bench, run_step_case
 from ragtrain.bench.step import StepCase
 from ragtrain.cli import app
+from ragtrain.impute import STAGES
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +22,7 @@ def tiny_bench(tmp_path_factory):
     with torch_threads(1):
         results, stem = run_bench(BenchOptions(config="tiny", out=str(out), modes=("precomputed", "online"),
                                                ks=(2,), device="cpu", command="pytest",
-                                               suites=("step", "encode", "fit", "scale")))
+                                               suites=("step", "encode", "fit", "impute", "scale")))
     return results, stem
 
 
@@ -96,3 +98,16 @@ def test_scale_suite_measures_every_stage_at_each_panel_size(tiny_bench):
         assert row["encode_s"] > 0 and row["fit_steps_per_s"] > 0 and row["impute_genotypes_per_s"] > 0
         assert row["haplotype_sites"] == row["haplotypes"] * row["sites"]
     assert "How cost grows with the panel" in stem.with_suffix(".md").read_text()
+
+
+def test_impute_suite_reports_throughput_and_every_stage(tiny_bench):
+    results, stem = tiny_bench
+    rows = {row["tool"]: row for row in results.impute}
+    ragsnv = rows["ragsnv"]
+    assert ragsnv["genotypes_per_s"] > 0 and ragsnv["samples"] == CONFIGS["tiny"].impute_targets
+    assert list(ragsnv["stages"]) == list(STAGES) and min(ragsnv["stages"].values()) >= 0
+    # the stages of the main thread happen one after another: together they fit inside the wall time
+    main_thread = ("read targets", "network", "stitching", "waiting for batches", "write VCF")
+    assert sum(ragsnv["stages"][name] for name in main_thread) <= ragsnv["seconds"]
+    assert ("beagle" in rows) == (shutil.which("beagle") is not None)
+    assert "### Imputation" in stem.with_suffix(".md").read_text()

@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from ragtrain.hmm import WEIGHT_BUCKETS, copying, switch_probabilities, weight_buckets
+from ragtrain.hmm import WEIGHT_BUCKETS, Copying, copying, switch_probabilities, weight_buckets
 
 
 def brute_force_posteriors(alleles, query, cm, ne, mismatch, allowed):
@@ -52,23 +52,23 @@ def test_alt_probability_interpolates_between_observed_sites_in_genetic_distance
     alleles = np.array([[0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=np.int8)
     query = np.array([[0, -1, -1, -1, 1]], dtype=np.int8)
     cm = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
-    model = copying(alleles, query, cm, ne=1e5, mismatch=1e-3)
-    p = model.alt_probability(alleles, slice(0, 5))[0]
+    model = copying(alleles, query, cm, ne=1e5, mismatch=1e-3, sites=slice(0, 5))
+    p = model.alt_probability(alleles)[0]
     g0, g1 = model.gamma[0, 0, 1], model.gamma[0, 1, 1]  # P(copy the ALT haplotype) at the two observed sites
     np.testing.assert_allclose(p, [g0, 0.75 * g0 + 0.25 * g1, 0.5 * g0 + 0.5 * g1, 0.25 * g0 + 0.75 * g1, g1],
                                rtol=1e-5)
     assert p[0] < 0.01 and p[-1] > 0.99 and np.all(np.diff(p) > 0)
-    weights = model.weights(np.array([[1, 0]]), slice(0, 5))
+    weights = model.weights(np.array([[1, 0]]))
     np.testing.assert_allclose(weights[0, 0], p, rtol=1e-5)  # one ALT haplotype: its weight is P(ALT)
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(model.mass(slice(0, 5))[0], weights[0].sum(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(model.mass()[0], weights[0].sum(axis=1), rtol=1e-5)
 
 
 def test_a_query_without_observed_sites_copies_uniformly():
     alleles = np.eye(3, 6, dtype=np.int8)
     model = copying(alleles, np.full((1, 6), -1, dtype=np.int8), np.linspace(0, 1, 6))
     np.testing.assert_allclose(model.gamma[0], 1 / 3)
-    np.testing.assert_allclose(model.alt_probability(alleles, slice(0, 6))[0], alleles.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(model.alt_probability(alleles)[0], alleles.mean(axis=0), rtol=1e-6)
 
 
 def test_neighbours_follow_a_planted_shared_segment():
@@ -78,10 +78,12 @@ def test_neighbours_follow_a_planted_shared_segment():
     alleles = rng.integers(0, 2, size=(40, 400)).astype(np.int8)
     truth = np.concatenate([alleles[5, :200], alleles[11, 200:]])
     query = np.where(np.arange(400) % 4 == 0, truth, -1).astype(np.int8)[None]  # every 4th site typed
-    model = copying(alleles, query, np.linspace(0, 2, 400), ne=1000, mismatch=1e-3)
-    assert np.argmax(model.mass(slice(20, 180))[0]) == 5
-    assert np.argmax(model.mass(slice(220, 380))[0]) == 11
-    p = model.alt_probability(alleles, slice(0, 400))[0]
+    def model(sites: slice):
+        return copying(alleles, query, np.linspace(0, 2, 400), ne=1000, mismatch=1e-3, sites=sites)
+
+    assert np.argmax(model(slice(20, 180)).mass()[0]) == 5
+    assert np.argmax(model(slice(220, 380)).mass()[0]) == 11
+    p = model(slice(0, 400)).alt_probability(alleles)[0]
     hidden = query[0] < 0
     inside = hidden & ((np.arange(400) < 190) | (np.arange(400) > 210))
     assert np.mean((p[inside] > 0.5) == (truth[inside] == 1)) > 0.97
@@ -112,5 +114,29 @@ def test_per_query_states_equal_the_copying_model_over_those_haplotypes_alone():
         alone = copying(alleles[states[b]], query[b:b + 1], cm, ne=5000, mismatch=0.01)
         n = alone.gamma.shape[1]
         np.testing.assert_allclose(model.gamma[b, :n], alone.gamma[0], rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(model.alt_probability(alleles, slice(10, 50))[b],
-                                   alone.alt_probability(alleles[states[b]], slice(10, 50))[0], rtol=1e-5, atol=1e-6)
+        inside = copying(alleles, query, cm, states=states, ne=5000, mismatch=0.01, sites=slice(10, 50))
+        inside_alone = copying(alleles[states[b]], query[b:b + 1], cm, ne=5000, mismatch=0.01, sites=slice(10, 50))
+        np.testing.assert_allclose(inside.alt_probability(alleles)[b], inside_alone.alt_probability(alleles[states[b]])[0],
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_a_window_gets_the_posteriors_of_the_whole_span_bit_for_bit():
+    """Asking for some sites runs the forward pass only up to them and the backward pass only down to them:
+    what those sites get is exactly what a pass over every step gives them."""
+    rng = np.random.default_rng(8)
+    alleles = rng.integers(0, 2, size=(50, 300)).astype(np.int8)
+    query = np.where(rng.random((4, 300)) < 0.2, rng.integers(0, 2, size=(4, 300)), -1).astype(np.int8)
+    cm = np.sort(rng.uniform(0, 1, 300))
+    states = np.stack([rng.choice(50, size=16, replace=False) for _ in range(4)])
+    full = copying(alleles, query, cm, states=states)
+    ids = np.argsort(-full.mass(), axis=1, kind="stable")[:, :3]
+    for sites in (slice(0, 40), slice(130, 170), slice(260, 300)):
+        part = copying(alleles, query, cm, states=states, sites=sites)
+        assert part.gamma.shape[1] < full.gamma.shape[1]
+        np.testing.assert_array_equal(part.alt_probability(alleles), full.alt_probability(alleles)[:, sites])
+        np.testing.assert_array_equal(part.weights(ids), full.weights(ids)[:, :, sites])
+        rows = slice(part.first, part.first + part.gamma.shape[1])
+        np.testing.assert_array_equal(part.gamma, full.gamma[:, rows])
+        uncut = Copying(full.gamma, part.left + part.first, part.right + part.first, part.t, sites, 0, full.steps,
+                        states)  # the same sites over every row
+        np.testing.assert_array_equal(part.mass(), uncut.mass())

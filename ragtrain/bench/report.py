@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from ragtrain.impute import STAGES
 from ragtrain.metrics import MAF_BINS, bin_label
 
 if TYPE_CHECKING:
@@ -97,6 +98,15 @@ def markdown(results: BenchResults) -> str:
               "-" if r["data_wait"] is None else f"{r['data_wait']:.1%}",
               *(_num(r.get(b), ".4f") for b in bins), _num(r.get("r2_all"), ".4f")] for r in results.fit])
         lines += ["", *accuracy_deltas(results.fit, bins), ""]
+    if results.impute:
+        lines += ["### Imputation (`ragtrain impute` at the defaults; Beagle 5 on the same split)", ""]
+        lines += _table(["tool", "samples x sites", "seconds", "genotypes/s", *STAGES],
+                        [[r["tool"], f"{r['samples']:,} x {r['sites']:,}", _num(r["seconds"]),
+                          _num(r["genotypes_per_s"], ",.0f"), *(_num(r["stages"].get(name)) for name in STAGES)]
+                         for r in results.impute])
+        lines += ["", ("Stage seconds (ragsnv): batches are built in a background thread while the network runs, so "
+                       "the stages before `network` overlap it; `waiting for batches` is the time the network sat "
+                       "idle."), ""]
     if results.scale:
         lines += ["### How cost grows with the panel (a 32-dim, 1-layer model, default retrieval)", ""]
         lines += _table(

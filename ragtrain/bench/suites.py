@@ -6,6 +6,9 @@ Suites:
             between encoder and store writes, bytes per haplotype-site on disk
   fit       `ragtrain fit` (precomputed) on each of those stores with one training budget: validation r2 by MAF
             bin (the accuracy cost of dtype and dim) and the fraction of step time spent waiting for data
+  impute    `ragtrain impute` at the defaults on a simulated split: genotypes/s and the seconds of each stage,
+            beside Beagle 5 on the same split where `beagle` is installed
+  scale     encode, fit and impute on panels of growing size
 Results go to OUT/CONFIG-DEVICE.json and a markdown table beside it.
 """
 
@@ -35,8 +38,8 @@ from ragtrain.fit import FitOptions, Trainer
 from ragtrain.impute import impute
 from stores import open_store
 
-SUITES = ("step", "encode", "fit", "scale")
-DEFAULT_SUITES = ("step", "encode", "fit")
+SUITES = ("step", "encode", "fit", "impute", "scale")
+DEFAULT_SUITES = ("step", "encode", "fit", "impute")
 FIT_MASK = "array:8:0.05"  # train and validate as a SNP array would type the queries
 
 
@@ -58,6 +61,10 @@ class BenchConfig:
     scale_length: float = 1e5
     scale_steps: int = 10
     scale_targets: int = 20
+    impute_samples: int = 500  # the impute suite's split: reference samples + held-out targets, length in bp
+    impute_targets: int = 50
+    impute_length: float = 5e5
+    impute_steps: int = 20  # fit steps before imputing (speed does not depend on them)
 
 
 CPU_BERT = BertConfig(d_model=64, n_layers=2, n_heads=4, window=256, d_memory=32)
@@ -74,7 +81,7 @@ CONFIGS: dict[str, BenchConfig] = {
                         ks=(1, 2), store_bert=BertConfig(d_model=16, n_layers=1, n_heads=2, window=32, d_memory=8),
                         memory_dims=(8, 4), panel_samples=30, panel_length=5e4, fit_steps=3, fit_batch=8,
                         step_warmup=1, step_steps=2, scale_haplotypes=(40, 80), scale_length=2e4, scale_steps=2,
-                        scale_targets=4),
+                        scale_targets=4, impute_samples=30, impute_targets=4, impute_length=2e4, impute_steps=2),
 }
 
 
@@ -99,6 +106,7 @@ class BenchResults:
     step: list[dict] = field(default_factory=list)
     encode: list[dict] = field(default_factory=list)
     fit: list[dict] = field(default_factory=list)
+    impute: list[dict] = field(default_factory=list)
     scale: list[dict] = field(default_factory=list)
 
 
@@ -215,6 +223,36 @@ def fit_row(store: str, training: str, metrics: dict, steps_per_s: float | None,
             **{key: value for key, value in metrics.items() if key.startswith(("r2", "val_", "nonref"))}}
 
 
+# --- impute -----------------------------------------------------------------------------------------------
+def impute_suite(config: BenchConfig, options: BenchOptions, work: Path) -> list[dict]:
+    """`ragtrain impute` at the defaults (encoder, retrieval, model) on a simulated split, with its stage split;
+    then Beagle on the same split where it is installed."""
+    root = work / "impute"
+    shutil.rmtree(root, ignore_errors=True)
+    paths = simulate_split(root / "panel.vcf.gz", samples=config.impute_samples, holdout=config.impute_targets,
+                           length=config.impute_length, seed=options.seed)
+    store = str(root / "store.zarr")
+    encode(str(paths["panel"]), store, EncodeOptions(seed=options.seed, device=options.device))
+    Trainer(FitOptions(store=store, out=str(root / "run"), targets=str(paths["target"]), max_steps=config.impute_steps,
+                       eval_every=config.impute_steps, seed=options.seed, device=options.device)).run()
+    report = impute(str(paths["target"]), store, str(root / "run" / "last.pt"), str(root / "ragsnv.vcf.gz"),
+                    device=options.device)
+    rows = [{"tool": "ragsnv", "samples": report.samples, "sites": report.sites, "seconds": report.seconds,
+             "genotypes_per_s": report.genotypes_per_s, "stages": report.stages}]
+    console.print(f"impute: {report.genotypes_per_s:,.0f} genotypes/s; {report.stage_line()}")
+    beagle = shutil.which("beagle")
+    if beagle:
+        started = time.perf_counter()
+        done = subprocess.run([beagle, f"ref={paths['panel']}", f"gt={paths['target']}", f"out={root / 'beagle'}",
+                               f"seed={options.seed}", f"nthreads={_cpu_count()}"], capture_output=True, check=False)
+        seconds = time.perf_counter() - started
+        if done.returncode == 0:
+            rows.append({"tool": "beagle", "samples": report.samples, "sites": report.sites, "seconds": seconds,
+                         "genotypes_per_s": report.samples * report.sites / seconds, "stages": {}})
+            console.print(f"beagle: {rows[-1]['genotypes_per_s']:,.0f} genotypes/s")
+    return rows
+
+
 # --- scale ------------------------------------------------------------------------------------------------
 SCALE_BERT = BertConfig(d_model=32, n_layers=1, n_heads=2, window=128, d_memory=16)
 
@@ -266,6 +304,8 @@ def run_bench(options: BenchOptions) -> tuple[BenchResults, Path]:
         results.encode = encode_suite(config, options, work)
     if "fit" in options.suites:
         results.fit = fit_suite(config, options, results.encode, work)
+    if "impute" in options.suites:
+        results.impute = impute_suite(config, options, work)
     if "scale" in options.suites:
         results.scale = scale_suite(config, options, work)
     stem = out / f"{options.config}-{device.type}"
