@@ -251,10 +251,12 @@ def bench(
     modes: Annotated[str, typer.Option(help="Step benchmark modes, comma-separated.")] = "precomputed,online,none",
     batch: Annotated[int | None, typer.Option(min=1, help="Step benchmark batch (default: the config's).")] = None,
     k: Annotated[str | None, typer.Option(help="Neighbours, comma-separated (default: the config's).")] = None,
-    suites: Annotated[str, typer.Option(help="Any of step, encode, fit, impute (throughput and stage split, beside Beagle), scale (how cost grows with the panel), comma-separated.")] = "step,encode,fit,impute",
+    suites: Annotated[str, typer.Option(help="Any of step, encode, fit, impute (throughput and stage split, beside Beagle), scale (how cost grows with the panel), maxbatch (the largest batch that runs, per mode at the largest k), comma-separated.")] = "step,encode,fit,impute",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     memory_limit_gb: Annotated[float | None, typer.Option(help="Cap each step process (e.g. 24 to act as a 24 GB card).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds a step case may take before it is recorded as a timeout.")] = 1800.0,
+    max_batch: Annotated[int, typer.Option(min=1, help="maxbatch suite: the largest batch probed.")] = 4096,
+    max_batch_budget: Annotated[float, typer.Option(help="maxbatch suite: seconds after which no probe starts.")] = 900.0,
     seed: Annotated[int, typer.Option(help="Seed of panel, encoder, masks and weights.")] = 1,
 ) -> None:
     """Measure peak memory and step time per retrieval mode, encode throughput and store size, data wait, and
@@ -276,7 +278,7 @@ def bench(
         ks = tuple(int(x) for x in _csv(k)) if k else ()
         options = BenchOptions(config=config.value, out=str(out), modes=chosen_modes, batch=batch, ks=ks,
                                suites=chosen_suites, device=device, memory_limit_gb=memory_limit_gb,
-                               timeout_s=timeout, seed=seed,
+                               timeout_s=timeout, max_batch=max_batch, max_batch_budget_s=max_batch_budget, seed=seed,
                                command=" ".join(["ragtrain", *map(shlex.quote, sys.argv[1:])]))
         _, stem = run_bench(options)
     console.print(f"wrote {stem}.json and {stem}.md")

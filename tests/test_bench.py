@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 
 import pytest
 from conftest import torch_threads
@@ -111,3 +112,36 @@ def test_impute_suite_reports_throughput_and_every_stage(tiny_bench):
     assert sum(ragsnv["stages"][name] for name in main_thread) <= ragsnv["seconds"]
     assert ("beagle" in rows) == (shutil.which("beagle") is not None)
     assert "### Imputation" in stem.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize(("start", "cap", "fits_up_to", "probed", "largest", "limit"), [
+    (4, 4096, 16, [4, 8, 16, 32], 16, "oom at 32"),  # doubles until a probe fails
+    (64, 4096, 16, [64, 32, 16], 16, "oom at 32"),  # the start fails: halves until one runs
+    (4, 16, 10**6, [4, 8, 16], 16, "cap 16"),
+    (4, 4096, 0, [4, 2, 1], None, "oom at 1"),
+])
+def test_largest_batch_search(monkeypatch, start, cap, fits_up_to, probed, largest, limit):
+    from ragtrain.bench import suites
+    from ragtrain.bench.step import StepResult
+
+    def fake(case, timeout_s):
+        return StepResult(status="ok", median_step_s=0.1) if case.batch <= fits_up_to else StepResult(status="oom")
+
+    monkeypatch.setattr(suites, "run_step_case", fake)
+    case = StepCase(bert=CONFIGS["tiny"].bert, mode="online", k=2, batch=start, device="cpu")
+    row = suites.largest_batch(case, cap, timeout_s=10, deadline=time.monotonic() + 60)
+    assert [p["batch"] for p in row["probes"]] == probed
+    assert row["largest_batch"] == largest and row["limit"] == limit
+    spent = suites.largest_batch(case, cap, timeout_s=10, deadline=time.monotonic() - 1)
+    assert spent["probes"] == [] and spent["largest_batch"] is None and spent["limit"] == "time budget"
+
+
+def test_maxbatch_suite_runs_real_probes(tmp_path):
+    with torch_threads(1):
+        results, stem = run_bench(BenchOptions(config="tiny", out=str(tmp_path), modes=("precomputed", "none"),
+                                               device="cpu", suites=("maxbatch",), max_batch=8))
+    assert [(row["mode"], row["k"]) for row in results.maxbatch] == [("precomputed", 2), ("none", None)]
+    for row in results.maxbatch:
+        assert [(p["batch"], p["status"]) for p in row["probes"]] == [(4, "ok"), (8, "ok")]
+        assert row["largest_batch"] == 8 and row["limit"] == "cap 8" and row["median_step_s"] > 0
+    assert "| precomputed | 2 | 32 | 8 | cap 8 |" in stem.with_suffix(".md").read_text()

@@ -79,6 +79,14 @@ def markdown(results: BenchResults) -> str:
               _num(r["peak_allocated_mb"], ",.0f"), _num(r["peak_reserved_mb"], ",.0f"),
               _rss(r)] for r in results.step])
         lines += ["", *step_ratios(results.step), ""]
+    if results.maxbatch:
+        lines += ["### Largest batch that fits (one warm-up and one timed step a probe, each in its own process)", ""]
+        lines += _table(
+            ["mode", "k", "L", "largest batch", "limit", "step ms at it", "peak allocated MB at it", "probes"],
+            [[r["mode"], _num(r["k"], "d"), str(r["window"]), _num(r["largest_batch"], "d"), r["limit"],
+              _num(r["median_step_s"] and r["median_step_s"] * 1e3), _num(r["peak_allocated_mb"], ",.0f"),
+              ", ".join(f"{p['batch']} {p['status']}" for p in r["probes"])] for r in results.maxbatch])
+        lines += [""]
     if results.encode:
         lines += ["### Encode (`ragprep encode`)", ""]
         lines += _table(

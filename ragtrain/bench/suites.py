@@ -8,8 +8,11 @@ Suites:
             bin (the accuracy cost of dtype and dim) and the fraction of step time spent waiting for data
   impute    `ragtrain impute` at the defaults on a simulated split: genotypes/s and the seconds of each stage,
             beside Beagle 5 on the same split where `beagle` is installed
-  scale     encode, fit and impute on panels of growing size
-Results go to OUT/CONFIG-DEVICE.json and a markdown table beside it.
+  scale     encode, fit steps and impute on panels of growing haplotype counts (a small model)
+  maxbatch  per mode at the largest k: the largest batch whose training step runs (doubling from the step
+            batch, or halving where it fails), each probe in its own process
+Results go to OUT/CONFIG-DEVICE.json and a markdown table beside it, rewritten as each case and suite ends (a
+run stopped midway keeps what it measured).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -31,14 +35,13 @@ import torch
 from ragprep.encode import EncodeOptions, encode, resolve_device
 from ragprep.model import PRESETS, BertConfig
 from ragprep.progress import console
-from ragprep.simulate import simulate_panel, simulate_split
 from ragtrain.bench.report import markdown
 from ragtrain.bench.step import StepCase, StepResult, describe_device
 from ragtrain.fit import FitOptions, Trainer
 from ragtrain.impute import impute
 from stores import open_store
 
-SUITES = ("step", "encode", "fit", "impute", "scale")
+SUITES = ("step", "encode", "fit", "impute", "scale", "maxbatch")
 DEFAULT_SUITES = ("step", "encode", "fit", "impute")
 FIT_MASK = "array:8:0.05"  # train and validate as a SNP array would type the queries
 
@@ -96,6 +99,8 @@ class BenchOptions:
     device: str = "auto"
     memory_limit_gb: float | None = None
     timeout_s: float = 1800.0
+    max_batch: int = 4096  # maxbatch suite: the largest batch probed
+    max_batch_budget_s: float = 900.0  # maxbatch suite: no probe starts after this long
     seed: int = 1
     command: str = ""
 
@@ -108,6 +113,7 @@ class BenchResults:
     fit: list[dict] = field(default_factory=list)
     impute: list[dict] = field(default_factory=list)
     scale: list[dict] = field(default_factory=list)
+    maxbatch: list[dict] = field(default_factory=list)
 
 
 # --- step ---------------------------------------------------------------------------------------------------
@@ -138,16 +144,15 @@ def run_step_case(case: StepCase, timeout_s: float) -> StepResult:
     return StepResult(status="error", detail=f"exit {done.returncode}: {tail}"[:300])
 
 
-def step_suite(config: BenchConfig, options: BenchOptions) -> list[dict]:
-    rows = []
+def step_suite(config: BenchConfig, options: BenchOptions) -> Iterator[dict]:
+    """One row a case, as each ends."""
     for case in step_cases(config, options):
         console.print(f"step: {case.mode}, k {case.k}, batch {case.batch}, L {case.bert.window} ...")
         result = run_step_case(case, options.timeout_s)
         row = {"mode": case.mode, "k": case.k if case.mode != "none" else None, "batch": case.batch,
                "window": case.bert.window, **asdict(result)}
         console.print(f"  {summarise_step(row)}")
-        rows.append(row)
-    return rows
+        yield row
 
 
 def summarise_step(row: dict) -> str:
@@ -169,6 +174,8 @@ def store_variants(config: BenchConfig) -> list[dict]:
 def encode_suite(config: BenchConfig, options: BenchOptions, work: Path) -> list[dict]:
     panel = work / "panel.vcf.gz"
     if not panel.exists():
+        from ragprep.simulate import simulate_panel  # msprime and pysam: only where a panel is simulated
+
         simulate_panel(panel, config.panel_samples, config.panel_length, options.seed)
     rows = []
     for variant in store_variants(config):
@@ -227,6 +234,8 @@ def fit_row(store: str, training: str, metrics: dict, steps_per_s: float | None,
 def impute_suite(config: BenchConfig, options: BenchOptions, work: Path) -> list[dict]:
     """`ragtrain impute` at the defaults (encoder, retrieval, model) on a simulated split, with its stage split;
     then Beagle on the same split where it is installed."""
+    from ragprep.simulate import simulate_split  # msprime and pysam: only where a panel is simulated
+
     root = work / "impute"
     shutil.rmtree(root, ignore_errors=True)
     paths = simulate_split(root / "panel.vcf.gz", samples=config.impute_samples, holdout=config.impute_targets,
@@ -260,6 +269,8 @@ SCALE_BERT = BertConfig(d_model=32, n_layers=1, n_heads=2, window=128, d_memory=
 def scale_suite(config: BenchConfig, options: BenchOptions, work: Path) -> list[dict]:
     """Encode, fit steps and impute on simulated panels of growing haplotype counts (a small model, the
     default retrieval): how each stage's cost grows with haplotypes x sites."""
+    from ragprep.simulate import simulate_split  # msprime and pysam: only where a panel is simulated
+
     rows = []
     for haplotypes in config.scale_haplotypes:
         root = work / f"scale-{haplotypes}"
@@ -285,6 +296,60 @@ def scale_suite(config: BenchConfig, options: BenchOptions, work: Path) -> list[
     return rows
 
 
+# --- largest batch ------------------------------------------------------------------------------------------
+def max_batch_suite(config: BenchConfig, options: BenchOptions) -> Iterator[dict]:
+    """Per mode, at the largest k: the largest batch that runs a training step (one warm-up and one timed step a
+    probe, each in its own process). One row a mode, as each ends; no probe starts after the suite's budget."""
+    batch, ks = options.batch or config.batch, options.ks or config.ks
+    deadline = time.monotonic() + options.max_batch_budget_s
+    for mode in options.modes:
+        case = StepCase(bert=config.bert, mode=mode, k=max(ks), batch=batch, warmup=1, steps=1, device=options.device,
+                        seed=options.seed, memory_limit_gb=options.memory_limit_gb)
+        console.print(f"largest batch: {mode}, k {case.k}, from {batch} ...")
+        row = {"mode": mode, "k": case.k if mode != "none" else None, "window": case.bert.window,
+               **largest_batch(case, options.max_batch, options.timeout_s, deadline)}
+        console.print(f"  largest {row['largest_batch']}; limit: {row['limit']}")
+        yield row
+
+
+def largest_batch(case: StepCase, cap: int, timeout_s: float, deadline: float) -> dict:
+    """Double case.batch while the step runs (up to `cap`); where case.batch itself fails, halve until one runs.
+    limit: what stopped the search ("oom at 512", "cap 4096", "time budget")."""
+    probes: list[dict] = []
+
+    def probe(batch: int) -> bool:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        result = run_step_case(replace(case, batch=batch), min(timeout_s, left))
+        probes.append({"batch": batch, "status": result.status, "median_step_s": result.median_step_s,
+                       "peak_allocated_mb": result.peak_allocated_mb, "peak_rss_mb": result.peak_rss_mb,
+                       "detail": result.detail})
+        return result.status == "ok"
+
+    batch = case.batch
+    if probe(batch):
+        while batch * 2 <= cap and probe(batch * 2):
+            batch *= 2
+    else:
+        while batch > 1 and not probe(batch // 2) and time.monotonic() < deadline:
+            batch //= 2
+    fits = [p for p in probes if p["status"] == "ok"]
+    best = max(fits, key=lambda p: p["batch"], default=None)
+    above = [p for p in probes if p["status"] != "ok" and (best is None or p["batch"] > best["batch"])]
+    failed = min(above, key=lambda p: p["batch"], default=None)
+    if failed is not None:
+        limit = f"{failed['status']} at {failed['batch']}"
+    elif best is not None and best["batch"] * 2 > cap:
+        limit = f"cap {cap}"
+    else:
+        limit = "time budget"
+    return {"largest_batch": best["batch"] if best else None, "limit": limit,
+            "median_step_s": best["median_step_s"] if best else None,
+            "peak_allocated_mb": best["peak_allocated_mb"] if best else None,
+            "peak_rss_mb": best["peak_rss_mb"] if best else None, "probes": probes}
+
+
 # --- driver -------------------------------------------------------------------------------------------------
 def run_bench(options: BenchOptions) -> tuple[BenchResults, Path]:
     config = CONFIGS[options.config]
@@ -298,19 +363,32 @@ def run_bench(options: BenchOptions) -> tuple[BenchResults, Path]:
     out = Path(options.out)
     work = out / f"work-{options.config}"
     work.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{options.config}-{device.type}"
+
+    def save() -> None:
+        stem.with_suffix(".json").write_text(json.dumps(_nan_to_none(asdict(results)), indent=1) + "\n")
+        stem.with_suffix(".md").write_text(markdown(results))
+
     if "step" in options.suites:
-        results.step = step_suite(config, options)
+        for row in step_suite(config, options):
+            results.step.append(row)
+            save()
+    if "maxbatch" in options.suites:
+        for row in max_batch_suite(config, options):
+            results.maxbatch.append(row)
+            save()
     if "encode" in options.suites or "fit" in options.suites:
         results.encode = encode_suite(config, options, work)
+        save()
     if "fit" in options.suites:
         results.fit = fit_suite(config, options, results.encode, work)
+        save()
     if "impute" in options.suites:
         results.impute = impute_suite(config, options, work)
+        save()
     if "scale" in options.suites:
         results.scale = scale_suite(config, options, work)
-    stem = out / f"{options.config}-{device.type}"
-    stem.with_suffix(".json").write_text(json.dumps(_nan_to_none(asdict(results)), indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(results))
+    save()
     return results, stem
 
 
