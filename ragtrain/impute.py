@@ -45,7 +45,7 @@ class ImputeReport:
         return self.samples * self.sites / max(self.seconds, 1e-9)
 
     def stage_line(self) -> str:
-        return ", ".join(f"{name} {self.stages[name]:.1f} s" for name in STAGES if name in self.stages)
+        return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.stages.items())
 
 
 class Imputer:
@@ -128,8 +128,8 @@ def impute(target_vcf: str, store_url: str, model_path: str, out: str, device: s
 
 
 def impute_stages(seconds: dict[str, float]) -> dict[str, float]:
-    """A clock's seconds as STAGES: the batch builder's total less the stages inside it is "batch assembly"."""
-    stages = dict(seconds)
-    inside = sum(stages.get(name, 0.0) for name in ("state selection", "copying model", "store reads"))
-    stages["batch assembly"] = stages.pop("batches", 0.0) - inside
-    return {name: stages[name] for name in STAGES if name in stages}
+    """A clock's seconds as STAGES (0 for a stage that did not run, e.g. state selection when every haplotype
+    is a state): the batch builder's total less the stages inside it is "batch assembly"."""
+    inside = sum(seconds.get(name, 0.0) for name in ("state selection", "copying model", "store reads"))
+    stages = {**seconds, "batch assembly": seconds.get("batches", 0.0) - inside}
+    return {name: stages.get(name, 0.0) for name in STAGES}
