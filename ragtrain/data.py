@@ -96,6 +96,18 @@ class Batch:
             moved["memory_scales"] = None
         return Batch(**moved)
 
+    def split(self, rows: int) -> list[Batch]:
+        """The batch in parts of at most `rows` queries, in order (every tensor and id array sliced)."""
+        size = len(self.query_ids)
+        if rows >= size:
+            return [self]
+        parts = []
+        for start in range(0, size, rows):
+            part = slice(start, start + rows)
+            parts.append(Batch(**{f.name: value if f.name == "window" or value is None else value[part]
+                                  for f in fields(self) for value in (getattr(self, f.name),)}))
+        return parts
+
     def pin(self) -> Batch:
         for f in fields(self):
             value = getattr(self, f.name)
