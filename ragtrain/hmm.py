@@ -38,8 +38,8 @@ class Copying:
     right: np.ndarray  # int64 [B, n]
     t: np.ndarray  # float32 [B, n]
     sites: slice  # the chosen sites, a slice of the span
-    first: int  # the first row kept, among
-    steps: int  # the M observed steps of the span
+    first: int  # the first of the M steps that gamma keeps
+    steps: int  # M
     states: np.ndarray | None = None  # int64 [B, N]
 
     def alt_probability(self, alleles: np.ndarray) -> np.ndarray:
