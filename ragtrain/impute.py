@@ -77,12 +77,13 @@ class Imputer:
 
     def network_rows(self) -> int:
         """Queries the network takes at once: the whole batch on a GPU; on the CPU as many as keep its largest
-        activation (the fused memory's keys and values, or the FFN) under CPU_CHUNK_BYTES."""
+        activation under CPU_CHUNK_BYTES: the FFN's, the fused memory's keys and values (k x 2 d_model a site),
+        or online the neighbours' FFNs (k x the FFN)."""
         if self.device.type != "cpu":
             return self.batch_size
-        bert, k = self.model.config.bert, self.retrieval.k if self.model.config.rag_mode != "none" else 0
-        per_query = 4 * bert.window * bert.d_model * max(2 * k, bert.ffn_mult)
-        return max(1, CPU_CHUNK_BYTES // per_query)
+        bert, mode, k = self.model.config.bert, self.model.config.rag_mode, self.retrieval.k
+        widths = {"none": bert.ffn_mult, "precomputed": max(bert.ffn_mult, 2 * k), "online": k * bert.ffn_mult}
+        return max(1, CPU_CHUNK_BYTES // (4 * bert.window * bert.d_model * widths[mode]))
 
     def panel_alleles(self) -> np.ndarray:
         if self._panel is None:
