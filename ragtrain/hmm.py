@@ -87,19 +87,17 @@ def switch_probabilities(cm: np.ndarray, ne: float, n_haplotypes: int) -> np.nda
 
 def copied_alleles(alleles: np.ndarray, obs: np.ndarray, states: np.ndarray | None) -> np.ndarray:
     """int8 [M, B, N], step-major: the allele query b's state n carries at its observed step m (alleles [H, S],
-    obs [B, M] site indices, states [B, N] haplotype ids or None for all H). Gathered query by query from the
-    observed columns only, whose rows queries with the same observed sites share."""
+    obs [B, M] site indices, states [B, N] haplotype ids or None for all H). Gathered from the observed columns
+    only, one gather for all the queries that observe the same sites."""
     if states is None:
         return alleles[:, obs.T].transpose(1, 2, 0)
     columns, where = np.unique(obs, return_inverse=True)
-    where = where.reshape(obs.shape)
     by_site = np.ascontiguousarray(alleles[:, columns].T)  # [C, H]
+    steps, group = np.unique(where.reshape(obs.shape), axis=0, return_inverse=True)  # queries observing alike
     out = np.empty((obs.shape[1], *states.shape), dtype=alleles.dtype)
-    rows, previous = None, None
-    for q in range(obs.shape[0]):
-        if previous is None or not np.array_equal(where[q], previous):
-            rows, previous = by_site[where[q]], where[q]  # [M, H]
-        out[:, q] = rows[:, states[q]]
+    for g, sites in enumerate(steps):
+        members = np.flatnonzero(group.reshape(-1) == g)
+        out[:, members] = by_site[sites][:, states[members]]  # [M, H] -> [M, members, N]
     return out
 
 
