@@ -12,8 +12,9 @@
 #   env        nvidia-smi, torch, CUDA, device; then the carried wheels installed and imported
 #   step       ragtrain bench --suites step: precomputed, online, none x k at batch 64 (research config)
 #   encode-*   research encoder over the carried panel into a zstd and a raw (memory-mapped) store
-#   fit-*      short fit on each store (--targets, torch retrieval): steps/s, data wait, validation r2
-#   impute-*   impute the held-out targets: genotypes/s
+#   fit-*      short fit on each store (--targets, torch retrieval, WORKERS batch-building processes): steps/s,
+#              data wait, validation r2; fit-zstd-thread: the same with batches built in one thread
+#   impute-*   impute the held-out targets: genotypes/s and the stage split
 #   maxbatch   ragtrain bench --suites maxbatch: largest batch per mode at the largest k (the time left)
 #   report     gpu-bench.json and gpu-bench.md from all of the above
 set -u
@@ -28,11 +29,11 @@ SITE=${GPU_BENCH_SITE:-/tmp/site}
 DEADLINE=${GPU_BENCH_DEADLINE:-420}
 REPORT_RESERVE=15  # seconds kept for the report
 if [ "$SIZE" = tiny ]; then
-    CONFIG=tiny K=1,2 BATCH=4 FIT_STEPS=3 FIT_BATCH=8 MAX_BATCH=16 CASE_TIMEOUT=120
+    CONFIG=tiny K=1,2 BATCH=4 FIT_STEPS=3 FIT_BATCH=8 MAX_BATCH=16 CASE_TIMEOUT=120 WORKERS=2
     DATA=${GPU_BENCH_DATA:-benchmarks/data-tiny}
     BUDGET_STEP=150 BUDGET_ENCODE=60 BUDGET_FIT=90 BUDGET_IMPUTE=60
 else
-    CONFIG=research K=1,4,8 BATCH=64 FIT_STEPS=100 FIT_BATCH=64 MAX_BATCH=4096 CASE_TIMEOUT=60
+    CONFIG=research K=1,4,8 BATCH=64 FIT_STEPS=100 FIT_BATCH=64 MAX_BATCH=4096 CASE_TIMEOUT=60 WORKERS=8
     DATA=${GPU_BENCH_DATA:-benchmarks/data}
     BUDGET_STEP=200 BUDGET_ENCODE=60 BUDGET_FIT=90 BUDGET_IMPUTE=45
 fi
@@ -140,10 +141,14 @@ main() {
         for compressor in zstd none; do
             part "fit-$compressor" "$BUDGET_FIT" "$PY" benchmarks/gpu_pipeline.py fit --work "$WORK" \
                 --panel "$PANEL" --compressor "$compressor" --fit-steps "$FIT_STEPS" --fit-batch "$FIT_BATCH" \
-                --device "$DEVICE" &&
+                --device "$DEVICE" --workers "$WORKERS" &&
             part "impute-$compressor" "$BUDGET_IMPUTE" "$PY" benchmarks/gpu_pipeline.py impute --work "$WORK" \
-                --panel "$PANEL" --compressor "$compressor" --device "$DEVICE"
+                --panel "$PANEL" --compressor "$compressor" --device "$DEVICE" --workers "$WORKERS"
         done
+        # the same fit with batches built in one thread (workers 0): what the workers buy in data wait
+        part "fit-zstd-thread" "$BUDGET_FIT" "$PY" benchmarks/gpu_pipeline.py fit --work "$WORK" --panel "$PANEL" \
+            --compressor zstd --label zstd-thread --fit-steps "$(( FIT_STEPS / 2 ))" --fit-batch "$FIT_BATCH" \
+            --device "$DEVICE" --workers 0
     else
         echo "=== no panel at $PANEL (benchmarks/prepare.sh makes it; carry its folder): encode, fit, impute skipped"
         printf 'encode/fit/impute\tskipped (no panel at %s)\t0\n' "$PANEL" >> "$WORK/parts.tsv"

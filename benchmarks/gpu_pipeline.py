@@ -71,16 +71,16 @@ def fit_stage(args: argparse.Namespace) -> None:
     from ragtrain.fit import FitOptions, Trainer
     from ragtrain.retrieval import RetrievalSpec
 
-    run = args.work / f"fit-{args.compressor}"
+    run = args.work / f"fit-{args.label}"
     shutil.rmtree(run, ignore_errors=True)
     started = time.perf_counter()
     result = Trainer(FitOptions(store=str(_store(args.work, args.compressor)), out=str(run), targets=str(args.target),
                                 max_steps=args.fit_steps, eval_every=args.fit_steps, batch_size=args.fit_batch,
                                 warmup=max(1, args.fit_steps // 10), seed=FIT_SEED, device=args.device,
-                                retrieval=RetrievalSpec(backend="torch"))).run()
+                                retrieval=RetrievalSpec(backend="torch"), workers=args.workers)).run()
     metrics = result.last_metrics
-    _add(args.work, "fit", args.compressor, {
-        "steps": result.steps, "batch": args.fit_batch, "steps_per_s": result.steps_per_s,
+    _add(args.work, "fit", args.label, {
+        "steps": result.steps, "batch": args.fit_batch, "workers": args.workers, "steps_per_s": result.steps_per_s,
         "data_wait": result.data_wait, "seconds": time.perf_counter() - started,
         **{key: value for key, value in metrics.items() if key.startswith(("r2", "nonref"))}})
 
@@ -88,11 +88,12 @@ def fit_stage(args: argparse.Namespace) -> None:
 def impute_stage(args: argparse.Namespace) -> None:
     from ragtrain.impute import impute
 
-    run = args.work / f"fit-{args.compressor}"
+    run = args.work / f"fit-{args.label}"
     report = impute(str(args.target), str(_store(args.work, args.compressor)), str(run / "last.pt"),
-                    str(args.work / f"imputed-{args.compressor}.vcf.gz"), device=args.device, retrieval="torch")
-    _add(args.work, "impute", args.compressor, {
-        "samples": report.samples, "sites": report.sites, "typed_sites": report.typed_sites,
+                    str(args.work / f"imputed-{args.label}.vcf.gz"), device=args.device, retrieval="torch",
+                    workers=args.workers)
+    _add(args.work, "impute", args.label, {
+        "samples": report.samples, "sites": report.sites, "typed_sites": report.typed_sites, "workers": args.workers,
         "seconds": report.seconds, "genotypes_per_s": report.genotypes_per_s, "stages": report.stages})
 
 
@@ -131,11 +132,12 @@ def pipeline_markdown(pipeline: dict) -> list[str]:
         rows = []
         for c in compressors:
             f, i = fit.get(c, {}), impute.get(c, {})
-            rows.append([c, _num(f.get("steps"), "d"), _num(f.get("batch"), "d"), _num(f.get("steps_per_s"), ".2f"),
+            rows.append([c, _num(f.get("steps"), "d"), _num(f.get("batch"), "d"), _num(f.get("workers"), "d"),
+                         _num(f.get("steps_per_s"), ".2f"),
                          _num(f.get("data_wait"), ".1%"), _num(f.get("r2_all"), ".4f"),
                          _num(f.get("seconds"), ".1f"), _num(i.get("seconds"), ".1f"),
                          _num(i.get("genotypes_per_s"), ",.0f")])
-        lines += _table(["store", "fit steps", "batch", "steps/s", "data wait", "validation r2",
+        lines += _table(["run", "fit steps", "batch", "workers", "steps/s", "data wait", "validation r2",
                          "fit s (load, validation)", "impute s", "impute genotypes/s"], rows)
         lines += [""]
     return lines
@@ -184,6 +186,8 @@ def main() -> None:
     parser.add_argument("--fit-steps", type=int, default=150)
     parser.add_argument("--fit-batch", type=int, default=64)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=0, help="Batch-building processes for fit and impute.")
+    parser.add_argument("--label", help="Row name (default: the compressor).")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.stage == "report":
@@ -191,6 +195,7 @@ def main() -> None:
         report(args)
         return
     args.target = Path(str(args.panel).removesuffix(".vcf.gz") + ".target.vcf.gz")
+    args.label = args.label or args.compressor
     {"encode": encode_stage, "fit": fit_stage, "impute": impute_stage}[args.stage](args)
 
 

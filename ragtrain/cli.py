@@ -88,6 +88,7 @@ def fit(
     clip: Annotated[float, typer.Option(help="Gradient norm clipping.")] = _FIT.clip,
     eval_every: Annotated[int, typer.Option(min=1, help="Validate and checkpoint every N steps.")] = _FIT.eval_every,
     device: Annotated[Device, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = Device.auto,
+    workers: Annotated[int, typer.Option(min=0, help="Processes building batches (0: one thread beside the step; on a GPU, enough to keep its data wait low; same batches either way).")] = _FIT.workers,
     checkpointing: Annotated[bool, typer.Option(help="Gradient checkpointing (less memory, ~30% more time).")] = _FIT.checkpointing,
     encoder: Annotated[Path | None, typer.Option(help="The checkpoint the store was encoded with (if not a seed).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt exactly where it stopped.")] = False,
@@ -177,13 +178,15 @@ def impute(
     region: Annotated[str | None, typer.Option(help="CONTIG or CONTIG:START-END of the target to read.")] = None,
     device: Annotated[Device, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = Device.auto,
     retrieval: Annotated[Retrieval | None, typer.Option(help="Exact top-k backend: FAISS or torch (default: as the model was trained; same neighbours).")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="Processes building batches (0: one thread beside the network; the output does not depend on it).")] = 0,
 ) -> None:
     """Impute every panel site for every target sample; write GT, DS, GP, HDS and INFO AF, DR2, IMP."""
     from ragtrain.impute import impute as run_impute
 
     with clean_errors():
         report = run_impute(str(target), store, str(model), str(out), device=device.value, batch_size=batch_size,
-                            stitch=stitch.value, region=region, retrieval=retrieval.value if retrieval else None)
+                            stitch=stitch.value, region=region, retrieval=retrieval.value if retrieval else None,
+                            workers=workers)
     console.print(f"wrote {report.path}: {report.samples} samples x {report.sites} sites "
                   f"({report.typed_sites} typed) in {report.seconds:.1f} s, {report.genotypes_per_s:,.0f} genotypes/s")
     console.print(f"[dim]stages (batches are built while the network runs): {report.stage_line()}[/dim]")

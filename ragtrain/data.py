@@ -1,4 +1,4 @@
-"""Window-major batches of query haplotypes with their retrieved neighbours, prefetched in a thread.
+"""Window-major batches of query haplotypes with their retrieved neighbours, prefetched in a thread or in worker processes.
 
 One batch = one window and a block of query haplotypes. The query's mask (from seed, epoch, sample, window)
 hides sites from the model AND from its retrieval key: both are built from the same masked alleles. The
@@ -8,6 +8,7 @@ next batches (numpy, FAISS, store reads; never CUDA) while the device trains on 
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -108,7 +109,7 @@ class Batch:
                                   for f in fields(self) for value in (getattr(self, f.name),)}))
         return parts
 
-    def pin(self) -> Batch:
+    def pin_memory(self) -> Batch:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, torch.Tensor):
@@ -263,13 +264,25 @@ def inference_plan(n_windows: int, n_queries: int, batch_size: int) -> list[tupl
 
 
 class Prefetcher:
-    """Builds batches in a background thread, `depth` ahead; records how long the consumer waited."""
+    """Builds batches ahead of the consumer, in order, and records how long the consumer waited.
+
+    workers 0: one background thread, `depth` batches ahead. workers N: N processes of a torch DataLoader (forked,
+    so they share the panel), worker w building items w, w + N, ...; the loader takes them round-robin, so the
+    batches arrive in the same order, and are the same batches, as from the thread. The stage seconds each batch
+    took are added to the builder's clock here.
+    """
 
     def __init__(self, builder: BatchBuilder, items: Iterable[tuple], depth: int = 4,
-                 pin: bool = False) -> None:
+                 pin: bool = False, workers: int = 0) -> None:
         self.builder, self.items, self.pin = builder, items, pin
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.wait_seconds = 0.0
+        self._loader: Iterator | None = None
+        if workers:
+            loader = torch.utils.data.DataLoader(_BatchStream(builder, items), batch_size=None, num_workers=workers,
+                                                 pin_memory=pin, prefetch_factor=depth, worker_init_fn=_one_thread)
+            self._loader = iter(loader)
+            return
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._work, daemon=True)
         self.thread.start()
@@ -280,7 +293,7 @@ class Prefetcher:
                 if self._stop.is_set():
                     return
                 batch = self.builder.build(*item)
-                self.queue.put(batch.pin() if self.pin else batch)
+                self.queue.put(batch.pin_memory() if self.pin else batch)
         except BaseException as err:  # noqa: BLE001 - surface worker errors in the consumer
             self.queue.put(err)
             return
@@ -289,7 +302,7 @@ class Prefetcher:
     def __iter__(self) -> Iterator[Batch]:
         while True:
             t0 = time.perf_counter()
-            item = self.queue.get()
+            item = self._next()
             self.wait_seconds += time.perf_counter() - t0
             if item is None:
                 return
@@ -297,10 +310,48 @@ class Prefetcher:
                 raise item
             yield item
 
+    def _next(self) -> Batch | BaseException | None:
+        if self._loader is None:
+            return self.queue.get()
+        try:
+            batch, seconds = next(self._loader)
+        except StopIteration:
+            return None
+        for name, value in seconds.items():
+            self.builder.clock.add(name, value)
+        return batch
+
     def close(self) -> None:
+        if self._loader is not None:
+            self._loader = None  # the DataLoader iterator shuts its workers down when dropped
+            return
         self._stop.set()
         while self.thread.is_alive():
             try:
                 self.queue.get_nowait()
             except queue.Empty:
                 self.thread.join(timeout=0.05)
+
+
+class _BatchStream(torch.utils.data.IterableDataset):
+    """A DataLoader worker's share of the items: (batch, seconds of each stage it took to build)."""
+
+    def __init__(self, builder: BatchBuilder, items: Iterable[tuple]) -> None:
+        self.builder, self.items = builder, items
+
+    def __iter__(self) -> Iterator[tuple[Batch, dict[str, float]]]:
+        worker = torch.utils.data.get_worker_info()
+        clock = self.builder.clock
+        for item in itertools.islice(self.items, worker.id, None, worker.num_workers):
+            before = dict(clock.seconds)
+            batch = self.builder.build(*item)
+            yield batch, {name: value - before.get(name, 0.0) for name, value in clock.seconds.items()}
+
+
+def _one_thread(_: int) -> None:
+    """In a worker: one OpenMP thread for FAISS too (the DataLoader sets torch's), many workers side by side."""
+    try:
+        import faiss
+    except ImportError:
+        return
+    faiss.omp_set_num_threads(1)

@@ -75,6 +75,7 @@ class FitOptions:
     clip: float = 1.0
     eval_every: int = 100
     device: str = "auto"
+    workers: int = 0  # batch-building processes (0: one thread beside the step)
     checkpointing: bool = False
     encoder: str | None = None
     resume: bool = False
@@ -258,7 +259,7 @@ class Trainer:
         self.val_queries, self.val_hidden = hide_for_validation(val_queries, MaskSpec.parse(options.val_mask),
                                                                 options.seed, self.store.af, self.typed)
         self.imputer = Imputer(self.model, self.retrieval, self.store, self.device, batch_size=options.batch_size,
-                               panel_alleles=self.panel_alleles)
+                               panel_alleles=self.panel_alleles, workers=options.workers)
         self.batches_per_epoch = len(epoch_plan(self.store.n_windows, len(self.train_queries), self.global_batch,
                                                 options.seed, 0))
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / options.accumulate)
@@ -349,7 +350,7 @@ class Trainer:
     def run(self) -> FitResult:
         o = self.options
         stop_at = self.total_steps if o.stop_after is None else min(self.total_steps, self.step + o.stop_after)
-        prefetch = Prefetcher(self.builder(), self.train_items(), pin=self.device.type == "cuda")
+        prefetch = Prefetcher(self.builder(), self.train_items(), pin=self.device.type == "cuda", workers=o.workers)
         metrics: dict = {}
         started, start_step, eval_seconds = time.perf_counter(), self.step, 0.0
         losses: list[float] = []

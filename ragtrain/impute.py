@@ -59,9 +59,9 @@ class Imputer:
 
     def __init__(self, model: RagImputer, retrieval: RetrievalSpec, store: EmbeddingStore, device: torch.device,
                  batch_size: int = BATCH_SIZE, stitch: Stitch = "average", panel_alleles: np.ndarray | None = None,
-                 clock: StageClock | None = None) -> None:
+                 clock: StageClock | None = None, workers: int = 0) -> None:
         self.model, self.retrieval, self.store, self.device = model, retrieval, store, device
-        self.batch_size, self.stitch = batch_size, stitch
+        self.batch_size, self.stitch, self.workers = batch_size, stitch, workers
         self._panel = panel_alleles
         self.clock = clock or StageClock()
 
@@ -105,7 +105,8 @@ class Imputer:
         clock = self.clock
         with bar:
             task = bar.add_task("impute", total=len(items)) if show_progress else None
-            batches = Prefetcher(builder, ((0, w, ids) for w, ids in items), pin=self.device.type == "cuda")
+            batches = Prefetcher(builder, ((0, w, ids) for w, ids in items), pin=self.device.type == "cuda",
+                                 workers=self.workers)
             for batch in batches:
                 with clock.stage("network"):
                     batch = batch.to(self.device)
@@ -123,14 +124,15 @@ class Imputer:
 
 
 def impute(target_vcf: str, store_url: str, model_path: str, out: str, device: str = "auto", batch_size: int = BATCH_SIZE,
-           stitch: Stitch = "average", region: str | None = None, retrieval: str | None = None) -> ImputeReport:
+           stitch: Stitch = "average", region: str | None = None, retrieval: str | None = None,
+           workers: int = 0) -> ImputeReport:
     started = time.perf_counter()
     check_output(out)  # before the work, not after it
     torch_device = resolve_device(device)
     store = open_store(store_url)
     clock = StageClock()
     imputer = Imputer.load(model_path, store, torch_device, backend=retrieval, batch_size=batch_size, stitch=stitch,
-                           clock=clock)
+                           clock=clock, workers=workers)
     with clock.stage("read targets"):
         targets = load_targets(target_vcf, store, region=region)
     console.print(targets.summary())

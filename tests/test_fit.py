@@ -82,6 +82,19 @@ def test_resume_is_bit_identical(store_path, tmp_path):
         assert torch.equal(a["exp_avg"], b["exp_avg"])
 
 
+def test_worker_processes_build_the_batches_the_thread_builds(store_path, tmp_path):
+    """Batches built by two DataLoader processes arrive in order and are the same: the same weights, the same
+    validation; the stage seconds come back from the workers."""
+    thread = Trainer(options(store_path, tmp_path / "thread", max_steps=6, eval_every=6))
+    thread.run()
+    workers = Trainer(options(store_path, tmp_path / "workers", max_steps=6, eval_every=6, workers=2))
+    result = workers.run()
+    for name, tensor in thread.model.state_dict().items():
+        assert torch.equal(tensor, workers.model.state_dict()[name]), name
+    assert workers.best_r2 == thread.best_r2 and 0.0 <= result.data_wait <= 1.0
+    assert workers.imputer.clock.seconds["copying model"] > 0  # validation's batches, built in workers
+
+
 def test_checkpoint_loads_with_weights_only(store_path, tmp_path):
     fit(options(store_path, tmp_path / "run", max_steps=2, eval_every=2, retrieval=RetrievalSpec(k=3, flank=40)))
     ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)

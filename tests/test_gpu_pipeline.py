@@ -27,10 +27,10 @@ def test_stages_add_rows_and_the_report_gathers_every_part(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     work.mkdir()
     common = {"work": work, "panel": paths["panel"], "target": paths["target"], "config": "tiny", "device": "cpu",
-              "fit_steps": 2, "fit_batch": 8}
+              "fit_steps": 2, "fit_batch": 8, "workers": 0}
     with torch_threads(1):
         for compressor in ("zstd", "none"):
-            args = Namespace(**common, compressor=compressor)
+            args = Namespace(**common, compressor=compressor, label=compressor)
             pipeline.encode_stage(args)
             pipeline.fit_stage(args)
             pipeline.impute_stage(args)

@@ -103,12 +103,14 @@ def test_average_and_core_stitching_differ_only_in_overlaps(split, tmp_path):
     assert np.allclose(core[:first_overlap], average[:first_overlap], atol=2e-3)
 
 
-def test_output_does_not_depend_on_how_queries_are_batched(split, tmp_path):
-    """Record for record the same VCF whatever the batch: each query's copying model, neighbours and network
-    pass are its own (and the store's decoded chunks, kept between a window's batches, are the same)."""
-    out = tmp_path / "batch7.vcf.gz"
+@pytest.mark.parametrize(("batch_size", "workers"), [(7, 0), (7, 2)])
+def test_output_does_not_depend_on_how_queries_are_batched(split, tmp_path, batch_size, workers):
+    """Record for record the same VCF whatever the batch, built in a thread or in worker processes: each
+    query's copying model, neighbours and network pass are its own (and the store's decoded chunks, kept
+    between a window's batches, are the same)."""
+    out = tmp_path / "batched.vcf.gz"
     report = impute(str(split["target"]), split["store"], str(split["root"] / "run" / "best.pt"), str(out),
-                    device="cpu", batch_size=7)
+                    device="cpu", batch_size=batch_size, workers=workers)
     with gzip.open(out, "rt") as batched, gzip.open(split["imputed"], "rt") as default:
         assert batched.read() == default.read()
     assert report.stages["copying model"] > 0 and report.stages["network"] > 0

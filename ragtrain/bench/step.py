@@ -120,7 +120,7 @@ def measure_step(case: StepCase) -> StepResult:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         host = synthetic_batch(case, generator)
         if device.type == "cuda":
-            host = host.pin()
+            host = host.pin_memory()
             torch.cuda.reset_peak_memory_stats(device)
         _limit_memory(case, device)
         for step in range(case.warmup + case.steps):
