@@ -274,7 +274,7 @@ class Prefetcher:
 
     def __init__(self, builder: BatchBuilder, items: Iterable[tuple], depth: int = 4,
                  pin: bool = False, workers: int = 0) -> None:
-        self.builder, self.items, self.pin = builder, items, pin
+        self.builder, self.items, self.pin, self.workers = builder, items, pin, workers
         self.wait_seconds = 0.0
         self._loader: Iterator | None = None
         if workers:
@@ -311,8 +311,10 @@ class Prefetcher:
             yield item
 
     def _next(self) -> Batch | BaseException | None:
-        if self._loader is None:
+        if not self.workers:
             return self.queue.get()
+        if self._loader is None:  # closed
+            return None
         try:
             batch, seconds = next(self._loader)
         except StopIteration:
@@ -322,7 +324,7 @@ class Prefetcher:
         return batch
 
     def close(self) -> None:
-        if self._loader is not None:
+        if self.workers:
             self._loader = None  # the DataLoader iterator shuts its workers down when dropped
             return
         self._stop.set()
