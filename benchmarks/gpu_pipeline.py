@@ -98,20 +98,14 @@ def impute_stage(args: argparse.Namespace) -> None:
 
 
 # --- report -------------------------------------------------------------------------------------------------
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
-
-
-def _num(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
 def _demote(markdown: str) -> str:
     """Headings one level down, to sit under this report's own."""
     return "\n".join("#" + line if line.startswith("#") else line for line in markdown.splitlines())
 
 
 def pipeline_markdown(pipeline: dict) -> list[str]:
+    from ragtrain.bench.report import number, table
+
     lines = []
     encode, fit, impute = pipeline.get("encode", {}), pipeline.get("fit", {}), pipeline.get("impute", {})
     compressors = list(dict.fromkeys([*encode, *fit, *impute]))
@@ -120,11 +114,11 @@ def pipeline_markdown(pipeline: dict) -> list[str]:
         title = (f"### Encode: model {first['model']}, L {first['window']}, d_memory {first['d_memory']}, "
                  f"{first['dtype']}, {first['haplotypes']:,} haplotypes x {first['sites']:,} sites")
         lines += [title, ""]
-        lines += _table(["store", "memory-mapped reads", "seconds", "encoder s", "write s", "haplotype-sites/s",
+        lines += table(["store", "memory-mapped reads", "seconds", "encoder s", "write s", "haplotype-sites/s",
                          "bytes/haplotype-site", "on disk MB"],
-                        [[c, str(r["mmap"]), _num(r["seconds"], ".1f"), _num(r["encoder_seconds"], ".1f"),
-                          _num(r["write_seconds"], ".1f"), _num(r["haplotype_sites_per_s"], ",.0f"),
-                          _num(r["bytes_per_haplotype_site"], ".2f"), _num(r["bytes_on_disk"] / 2**20, ".1f")]
+                        [[c, str(r["mmap"]), number(r["seconds"], ".1f"), number(r["encoder_seconds"], ".1f"),
+                          number(r["write_seconds"], ".1f"), number(r["haplotype_sites_per_s"], ",.0f"),
+                          number(r["bytes_per_haplotype_site"], ".2f"), number(r["bytes_on_disk"] / 2**20, ".1f")]
                          for c, r in encode.items()])
         lines += [""]
     if fit or impute:
@@ -132,12 +126,12 @@ def pipeline_markdown(pipeline: dict) -> list[str]:
         rows = []
         for c in compressors:
             f, i = fit.get(c, {}), impute.get(c, {})
-            rows.append([c, _num(f.get("steps"), "d"), _num(f.get("batch"), "d"), _num(f.get("workers"), "d"),
-                         _num(f.get("steps_per_s"), ".2f"),
-                         _num(f.get("data_wait"), ".1%"), _num(f.get("r2_all"), ".4f"),
-                         _num(f.get("seconds"), ".1f"), _num(i.get("seconds"), ".1f"),
-                         _num(i.get("genotypes_per_s"), ",.0f")])
-        lines += _table(["run", "fit steps", "batch", "workers", "steps/s", "data wait", "validation r2",
+            rows.append([c, number(f.get("steps"), "d"), number(f.get("batch"), "d"), number(f.get("workers"), "d"),
+                         number(f.get("steps_per_s"), ".2f"),
+                         number(f.get("data_wait"), ".1%"), number(f.get("r2_all"), ".4f"),
+                         number(f.get("seconds"), ".1f"), number(i.get("seconds"), ".1f"),
+                         number(i.get("genotypes_per_s"), ",.0f")])
+        lines += table(["run", "fit steps", "batch", "workers", "steps/s", "data wait", "validation r2",
                          "fit s (load, validation)", "impute s", "impute genotypes/s"], rows)
         lines += [""]
     return lines
@@ -145,6 +139,8 @@ def pipeline_markdown(pipeline: dict) -> list[str]:
 
 def report(args: argparse.Namespace) -> None:
     """WORK/{env.txt, parts.tsv, step/, maxbatch/, pipeline.json} -> OUT/gpu-bench.json, OUT/gpu-bench.md."""
+    from ragtrain.bench.report import table
+
     work, out = args.work, args.out
     parts = []
     parts_file = work / "parts.tsv"
@@ -163,7 +159,7 @@ def report(args: argparse.Namespace) -> None:
             "pipeline": pipeline}
     (out / "gpu-bench.json").write_text(json.dumps(data, indent=1) + "\n")
     lines = ["# GPU benchmark (`benchmarks/gpu.sh`)", "", "## Parts", ""]
-    lines += _table(["part", "status", "seconds"], [[p["part"], p["status"], f"{p['seconds']:.0f}"] for p in parts])
+    lines += table(["part", "status", "seconds"], [[p["part"], p["status"], f"{p['seconds']:.0f}"] for p in parts])
     lines += ["", "## Environment", "", "```", env.strip(), "```", ""]
     for suite, title in (("step", "## Training step (`ragtrain bench --suites step`)"),
                          ("maxbatch", "## Largest batch (`ragtrain bench --suites maxbatch`)")):

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from ragtrain.bench.suites import BenchResults
 
 
-def _num(value: float | None, fmt: str = ",.1f") -> str:
+def number(value: float | None, fmt: str = ",.1f") -> str:
+    """A figure as a table cell: "-" when unknown (None or NaN)."""
     if not _known(value):
         return "-"
     return format(value, fmt)
@@ -22,7 +23,8 @@ def _known(value: float | None) -> bool:
     return value is not None and not math.isnan(value)
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Markdown table lines."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
@@ -30,7 +32,7 @@ def _rss(row: dict) -> str:
     if row["peak_rss_mb"] is None:
         return "-"
     if row["baseline_rss_mb"] is None:
-        return _num(row["peak_rss_mb"], ",.0f")
+        return number(row["peak_rss_mb"], ",.0f")
     return f"{row['peak_rss_mb']:,.0f} (+{row['peak_rss_mb'] - row['baseline_rss_mb']:,.0f})"
 
 
@@ -71,58 +73,58 @@ def markdown(results: BenchResults) -> str:
               f"Command: `{meta['command']}`"), ""]
     if results.step:
         lines += ["### Training step (forward + backward + AdamW), one process a case", ""]
-        lines += _table(
+        lines += table(
             ["mode", "k", "batch", "L", "status", "median step ms", "tokens/s", "peak allocated MB",
              "peak reserved MB", "peak RSS MB (over baseline)"],
-            [[r["mode"], _num(r["k"], "d"), str(r["batch"]), str(r["window"]), r["status"],
-              _num(r["median_step_s"] and r["median_step_s"] * 1e3), _num(r["tokens_per_s"], ",.0f"),
-              _num(r["peak_allocated_mb"], ",.0f"), _num(r["peak_reserved_mb"], ",.0f"),
+            [[r["mode"], number(r["k"], "d"), str(r["batch"]), str(r["window"]), r["status"],
+              number(r["median_step_s"] and r["median_step_s"] * 1e3), number(r["tokens_per_s"], ",.0f"),
+              number(r["peak_allocated_mb"], ",.0f"), number(r["peak_reserved_mb"], ",.0f"),
               _rss(r)] for r in results.step])
         lines += ["", *step_ratios(results.step), ""]
     if results.maxbatch:
         lines += ["### Largest batch that fits (one warm-up and one timed step a probe, each in its own process)", ""]
-        lines += _table(
+        lines += table(
             ["mode", "k", "L", "largest batch", "limit", "step ms at it", "peak allocated MB at it", "probes"],
-            [[r["mode"], _num(r["k"], "d"), str(r["window"]), _num(r["largest_batch"], "d"), r["limit"],
-              _num(r["median_step_s"] and r["median_step_s"] * 1e3), _num(r["peak_allocated_mb"], ",.0f"),
+            [[r["mode"], number(r["k"], "d"), str(r["window"]), number(r["largest_batch"], "d"), r["limit"],
+              number(r["median_step_s"] and r["median_step_s"] * 1e3), number(r["peak_allocated_mb"], ",.0f"),
               ", ".join(f"{p['batch']} {p['status']}" for p in r["probes"])] for r in results.maxbatch])
         lines += [""]
     if results.encode:
         lines += ["### Encode (`ragprep encode`)", ""]
-        lines += _table(
+        lines += table(
             ["store", "L", "haplotypes x sites", "haplotype-sites/s", "windows/s", "encoder s", "write s",
              "bytes/haplotype-site", "on disk MB"],
             [[r["name"], str(r["window"]), f"{r['haplotypes']:,} x {r['sites']:,}",
-              _num(r["haplotype_sites_per_s"], ",.0f"), _num(r["windows_per_s"], ".2f"),
-              _num(r["encoder_seconds"]), _num(r["write_seconds"]), _num(r["bytes_per_haplotype_site"]),
-              _num(r["bytes_on_disk"] / 2**20)] for r in results.encode])
+              number(r["haplotype_sites_per_s"], ",.0f"), number(r["windows_per_s"], ".2f"),
+              number(r["encoder_seconds"]), number(r["write_seconds"]), number(r["bytes_per_haplotype_site"]),
+              number(r["bytes_on_disk"] / 2**20)] for r in results.encode])
         lines += ["", "Bytes per haplotype-site count every panel site once (window overlaps included).", ""]
     if results.fit:
         bins = [f"r2 {bin_label(i)}" for i in range(len(MAF_BINS))]
         lines += ["### Accuracy cost of the store, and data wait (`ragtrain fit`, precomputed, same budget)", ""]
-        lines += _table(
+        lines += table(
             ["store", "model", "steps/s", "data wait", *bins, "r2 all"],
-            [[r["store"], r["training"], _num(r["steps_per_s"], ".2f"),
+            [[r["store"], r["training"], number(r["steps_per_s"], ".2f"),
               "-" if r["data_wait"] is None else f"{r['data_wait']:.1%}",
-              *(_num(r.get(b), ".4f") for b in bins), _num(r.get("r2_all"), ".4f")] for r in results.fit])
+              *(number(r.get(b), ".4f") for b in bins), number(r.get("r2_all"), ".4f")] for r in results.fit])
         lines += ["", *accuracy_deltas(results.fit, bins), ""]
     if results.impute:
         lines += ["### Imputation (`ragtrain impute` at the defaults; Beagle 5 on the same split)", ""]
-        lines += _table(["tool", "samples x sites", "seconds", "genotypes/s", *STAGES],
-                        [[r["tool"], f"{r['samples']:,} x {r['sites']:,}", _num(r["seconds"]),
-                          _num(r["genotypes_per_s"], ",.0f"), *(_num(r["stages"].get(name)) for name in STAGES)]
+        lines += table(["tool", "samples x sites", "seconds", "genotypes/s", *STAGES],
+                        [[r["tool"], f"{r['samples']:,} x {r['sites']:,}", number(r["seconds"]),
+                          number(r["genotypes_per_s"], ",.0f"), *(number(r["stages"].get(name)) for name in STAGES)]
                          for r in results.impute])
         lines += ["", ("Stage seconds (ragsnv): batches are built in a background thread while the network runs, so "
                        "the stages before `network` overlap it; `waiting for batches` is the time the network sat "
                        "idle."), ""]
     if results.scale:
         lines += ["### How cost grows with the panel (a 32-dim, 1-layer model, default retrieval)", ""]
-        lines += _table(
+        lines += table(
             ["haplotypes", "sites", "encode s", "encode haplotype-sites/s", "fit steps/s", "data wait",
              "impute s", "impute genotypes/s"],
-            [[f"{r['haplotypes']:,}", f"{r['sites']:,}", _num(r["encode_s"]),
-              _num(r["encode_haplotype_sites_per_s"], ",.0f"), _num(r["fit_steps_per_s"], ".2f"),
-              f"{r['data_wait']:.1%}", _num(r["impute_s"]), _num(r["impute_genotypes_per_s"], ",.0f")]
+            [[f"{r['haplotypes']:,}", f"{r['sites']:,}", number(r["encode_s"]),
+              number(r["encode_haplotype_sites_per_s"], ",.0f"), number(r["fit_steps_per_s"], ".2f"),
+              f"{r['data_wait']:.1%}", number(r["impute_s"]), number(r["impute_genotypes_per_s"], ",.0f")]
              for r in results.scale])
         lines += [""]
     return "\n".join(lines) + "\n"
