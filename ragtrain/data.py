@@ -186,7 +186,7 @@ class BatchBuilder:
                       torch.from_numpy(valid).expand(b, -1).contiguous(), torch.from_numpy(labels))
         ids = None
         if self.retrieval.selection == "copying":
-            ids = self.copy(batch, window, key_observed, query_ids)
+            ids = self.copy(batch, window, inside, key_observed, query_ids)
         if self.rag_mode == "none":
             return batch
         if ids is None:
@@ -207,17 +207,17 @@ class BatchBuilder:
                 batch.memory_scales = torch.from_numpy(block.scales.reshape(b, k, self.plan.length))
         return batch
 
-    def copy(self, batch: Batch, window: int, key_observed: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
+    def copy(self, batch: Batch, window: int, inside: slice, key_observed: np.ndarray,
+             query_ids: np.ndarray) -> np.ndarray:
         """Run the copying model over the key span: set batch.copy_prob and batch.neighbour_weight, and return the
         k haplotypes [B, k] each query copies most inside the window (ties: the nearer state by Hamming)."""
-        span, key_span = self.plan.sites(window), self.key_span(window)
-        inside = slice(span.start - key_span.start, span.stop - key_span.start)
+        key_span = self.key_span(window)  # `inside`: the window's sites within it
         panel = self.panel_alleles[:, key_span]
         states = None
         if 0 < self.retrieval.states < panel.shape[0] - self.queries.exclude.shape[1]:
             with self.clock.stage("state selection"):
                 states = self.nearest(window, key_observed, query_ids, self.retrieval.states)
-        b, n, length = len(query_ids), span.stop - span.start, self.plan.length
+        b, n, length = len(query_ids), inside.stop - inside.start, self.plan.length
         with self.clock.stage("copying model"):
             model = copying(panel, key_observed, self.cm[key_span], self.queries.exclude[query_ids],
                             ne=self.retrieval.ne, mismatch=self.retrieval.mismatch, states=states, sites=inside)
