@@ -14,6 +14,8 @@
 #   encode-*   research encoder over the carried panel into a zstd and a raw (memory-mapped) store
 #   fit-*      short fit on each store (--targets, torch retrieval, WORKERS batch-building processes): steps/s,
 #              data wait, validation r2; fit-zstd-thread: the same with batches built in one thread
+#   impute-copying  impute the held-out targets with the copying model alone (`--model copying`): the
+#              engine's genotypes/s on the device and its stage split
 #   impute-*   impute the held-out targets: genotypes/s and the stage split
 #   maxbatch   ragtrain bench --suites maxbatch: largest batch per mode at the largest k (the time left)
 #   report     gpu-bench.json and gpu-bench.md from all of the above
@@ -138,6 +140,9 @@ main() {
             part "encode-$compressor" "$BUDGET_ENCODE" "$PY" benchmarks/gpu_pipeline.py encode --work "$WORK" \
                 --panel "$PANEL" --config "$CONFIG" --compressor "$compressor" --device "$DEVICE"
         done
+        # the copying model alone on the device (the engine every fit and impute runs): genotypes/s, stages
+        part "impute-copying" "$BUDGET_IMPUTE" "$PY" benchmarks/gpu_pipeline.py impute --work "$WORK" \
+            --panel "$PANEL" --compressor zstd --label copying --copying --device "$DEVICE"
         for compressor in zstd none; do
             part "fit-$compressor" "$BUDGET_FIT" "$PY" benchmarks/gpu_pipeline.py fit --work "$WORK" \
                 --panel "$PANEL" --compressor "$compressor" --fit-steps "$FIT_STEPS" --fit-batch "$FIT_BATCH" \

@@ -88,8 +88,8 @@ def fit_stage(args: argparse.Namespace) -> None:
 def impute_stage(args: argparse.Namespace) -> None:
     from ragtrain.impute import impute
 
-    run = args.work / f"fit-{args.label}"
-    report = impute(str(args.target), str(_store(args.work, args.compressor)), str(run / "last.pt"),
+    model = "copying" if args.copying else str(args.work / f"fit-{args.label}" / "last.pt")
+    report = impute(str(args.target), str(_store(args.work, args.compressor)), model,
                     str(args.work / f"imputed-{args.label}.vcf.gz"), device=args.device, retrieval="torch",
                     workers=args.workers)
     _add(args.work, "impute", args.label, {
@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=0, help="Batch-building processes for fit and impute.")
     parser.add_argument("--label", help="Row name (default: the compressor).")
+    parser.add_argument("--copying", action="store_true", help="impute: the copying model alone (no fit needed).")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.stage == "report":

@@ -61,9 +61,12 @@ def fit(
     train: Annotated[Path | None, typer.Option(help="Separate phased training VCF (default: the panel, split by sample); the panel's validation samples are left out of it.")] = None,
     rag_mode: Annotated[RagMode, typer.Option(help="precomputed (stored memory), online (research baseline), none.")] = _RAG_MODE,
     k: Annotated[int, typer.Option(min=1, help="Neighbours retrieved a window.")] = _RETRIEVAL.k,
-    retrieval_flank: Annotated[int, typer.Option(min=0, help="Sites each side of a window whose observed alleles also key retrieval (arrays type ~1 % of sites).")] = _RETRIEVAL.flank,
+    retrieval_flank: Annotated[int, typer.Option(min=0, help="Sites each side of a segment whose observed alleles also inform the copying model and retrieval (arrays type ~1 % of sites).")] = _RETRIEVAL.flank,
+    segment: Annotated[int, typer.Option(min=0, help="Sites of windows the copying model runs over once per query (0: one window).")] = _RETRIEVAL.segment,
     selection: Annotated[Selection, typer.Option(help="copying: the neighbours the Li-Stephens copying model says the query copies most in the window (and its per-site evidence); hamming: nearest by Hamming over the span.")] = _SELECTION,
-    states: Annotated[int, typer.Option(min=0, help="States of the copying model: each query's nearest haplotypes (0: all).")] = _RETRIEVAL.states,
+    states: Annotated[int, typer.Option(min=0, help="States of the copying model: each query's nearest haplotypes over the span (0: all).")] = _RETRIEVAL.states,
+    local_states: Annotated[int, typer.Option(min=0, help="Copying model: also each window's nearest haplotypes, over the window and --local-flank observed sites each side.")] = _RETRIEVAL.local_states,
+    local_flank: Annotated[int, typer.Option(min=1, help="Observed sites each side of a window that rank its local states.")] = _RETRIEVAL.local_flank,
     ne: Annotated[float, typer.Option(help="Copying model: effective population size in the switch rate.")] = _RETRIEVAL.ne,
     mismatch: Annotated[float, typer.Option(help="Copying model: allele mismatch probability.")] = _RETRIEVAL.mismatch,
     match_features: Annotated[bool, typer.Option(help="Tell the model how far each neighbour matches the query around each site.")] = _RETRIEVAL.match_features,
@@ -103,8 +106,10 @@ def fit(
 
     with clean_errors():
         values = {name: _plain(value) for name, value in ctx.params.items()}
-        spec = RetrievalSpec(k=values.pop("k"), flank=values.pop("retrieval_flank"), selection=values.pop("selection"),
-                             states=values.pop("states"), ne=values.pop("ne"), mismatch=values.pop("mismatch"),
+        spec = RetrievalSpec(k=values.pop("k"), flank=values.pop("retrieval_flank"),
+                             segment=values.pop("segment"), selection=values.pop("selection"),
+                             states=values.pop("states"), local_states=values.pop("local_states"),
+                             local_flank=values.pop("local_flank"), ne=values.pop("ne"), mismatch=values.pop("mismatch"),
                              match_features=values.pop("match_features"), backend=values.pop("retrieval"))
         values["fusion_layers"] = _layers(values["fusion_layers"])
         try:
@@ -167,11 +172,12 @@ class Stitch(str, Enum):
 
 
 @app.command(epilog="Example: ragtrain impute target.vcf.gz --store store.zarr --model runs/exp1/best.pt "
-             "--out imputed.vcf.gz")
+             "--out imputed.vcf.gz\n\n"
+             "ragtrain impute target.vcf.gz --store store.zarr --model copying --out imputed.vcf.gz  # no fit needed")
 def impute(
     target: Annotated[Path, typer.Argument(help="Phased target VCF typed at a subset of panel sites (e.g. an array).")],
     store: Annotated[str, typer.Option(help="The store the model was trained on.")],
-    model: Annotated[Path, typer.Option(help="Checkpoint of `ragtrain fit` (best.pt or last.pt).")],
+    model: Annotated[Path, typer.Option(help="Checkpoint of `ragtrain fit` (best.pt or last.pt), or `copying`: the Li-Stephens copying model alone (no training, no stored memory).")],
     out: Annotated[Path, typer.Option(help="Imputed VCF to write (.vcf.gz, bgzipped, tabix-indexed).")],
     batch_size: Annotated[int, typer.Option(min=1, help="Target haplotypes a batch (the output does not depend on it).")] = BATCH_SIZE,
     stitch: Annotated[Stitch, typer.Option(help="Overlaps: average the windows covering a site (measured a little better), or core (the window whose centre holds it wins).")] = Stitch.average,

@@ -3,7 +3,8 @@
 One batch = one window and a block of query haplotypes. The query's mask (from seed, epoch, sample, window)
 hides sites from the model AND from its retrieval key: both are built from the same masked alleles. The
 neighbours' stored embeddings are read from the store for that window only; a background thread builds the
-next batches (numpy, FAISS, store reads; never CUDA) while the device trains on the current one.
+next batches (numpy, FAISS, store reads, and the copying model on the training device) while the device trains
+on the current one. Worker processes never touch CUDA: their copying model runs on the CPU.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import torch
 from ragprep.model import PAD
 from ragprep.progress import StageClock
 from ragprep.windows import pad_window
-from ragtrain.hmm import WEIGHT_BUCKETS, copying, weight_buckets
+from ragtrain.hmm import WEIGHT_BUCKETS, CopyingPass, copying, weight_buckets
 from ragtrain.masking import MaskSpec, apply_mask, mask_for
-from ragtrain.retrieval import RetrievalSpec, WindowIndex, match_buckets, own_haplotypes
+from ragtrain.retrieval import RetrievalSpec, WindowIndex, local_nearest, match_buckets, own_haplotypes
 from stores import EmbeddingStore
 from stores.errors import UserError
+from stores.plan import WindowPlan
 
 IGNORE = -100  # label of sites that are not scored
 
@@ -117,35 +119,62 @@ class Batch:
         return self
 
 
+class PanelAlleles:
+    """The panel's alleles int8 [H, sites], whole (an array in memory) or read from the store one span at a time
+    (`call_genotype` is chunked by variants): then memory grows with the span, not with the panel."""
+
+    def __init__(self, store: EmbeddingStore, alleles: np.ndarray | None = None) -> None:
+        self.store, self.whole = store, alleles
+        self.n_haplotypes = store.n_haplotypes
+        self._span, self._alleles = slice(0, 0), np.zeros((self.n_haplotypes, 0), dtype=np.int8)
+
+    def span(self, sites: slice) -> np.ndarray:
+        """int8 [H, n] at `sites`: a view of the last span read when it holds them (a window of its segment)."""
+        if self.whole is not None:
+            return self.whole[:, sites]
+        if not self._span.start <= sites.start <= sites.stop <= self._span.stop:
+            self._span, self._alleles = sites, self.store.alleles(sites)
+        return self._alleles[:, sites.start - self._span.start:sites.stop - self._span.start]
+
+
 class BatchBuilder:
     """Builds batches for one store and query set.
 
     mask: training masks drawn per (seed, epoch, sample, window) over the key span; typed: bool [sites], the
     sites a target file types (`ragtrain fit --targets`): every other site is hidden, as impute will see it
-    (wins over `mask`); neither at inference, where the queries' untyped sites are already -1. `clock` sums
-    the seconds of each stage (batches in all; within them state selection, copying model, store reads).
+    (wins over `mask`); neither at inference, where the queries' untyped sites are already -1. panel_alleles:
+    the whole panel in memory, or None to read one key span at a time from the store. device: where the
+    copying model runs. `clock` sums the seconds of each stage (batches in all; within them state selection,
+    copying model, store reads).
+
+    The copying model runs once per segment and block of queries: consecutive batches of the same queries in
+    the windows of one segment, observing the same sites (impute, validation, `--targets`), read one pass.
     """
 
-    def __init__(self, store: EmbeddingStore, panel_alleles: np.ndarray, queries: QuerySet, *,
+    def __init__(self, store: EmbeddingStore, panel_alleles: np.ndarray | None, queries: QuerySet, *,
                  retrieval: RetrievalSpec, rag_mode: str, mask: MaskSpec | None = None, seed: int = 0,
-                 typed: np.ndarray | None = None, clock: StageClock | None = None) -> None:
-        self.store, self.panel_alleles, self.queries = store, panel_alleles, queries
+                 typed: np.ndarray | None = None, clock: StageClock | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        self.store, self.panel, self.queries = store, PanelAlleles(store, panel_alleles), queries
         self.retrieval, self.rag_mode, self.mask, self.seed, self.typed = retrieval, rag_mode, mask, seed, typed
         self.clock = clock or StageClock()
-        self._index: WindowIndex | None = None  # the last window's Hamming index, and what it was built from
+        self.device = torch.device(device)
+        self._index: WindowIndex | None = None  # the last span's Hamming index, and what it was built from
         self._index_key: tuple | None = None
-        most = panel_alleles.shape[0] - queries.exclude.shape[1]
+        self._pass: CopyingPass | None = None  # the last copying pass, and what it was run on
+        self._pass_key: tuple | None = None
+        most = store.n_haplotypes - queries.exclude.shape[1]
         if retrieval.k > most:
-            raise UserError("--k", f"cannot retrieve k={retrieval.k} neighbours from {panel_alleles.shape[0]} reference "
+            raise UserError("--k", f"cannot retrieve k={retrieval.k} neighbours from {store.n_haplotypes} reference "
                             f"haplotypes when {queries.exclude.shape[1]} are excluded per query",
                             f"lower --k to at most {most}")
         self.plan = store.plan
         self.cm = store.genetic_positions()
 
     def key_span(self, window: int) -> slice:
-        """The window plus the retrieval flank each side: the sites masks are drawn over and whose observed
-        alleles make the retrieval key."""
-        return self.plan.key_span(window, self.retrieval.flank)
+        """The window's segment plus the flank each side: the sites masks are drawn over, whose observed alleles
+        make the retrieval key, and that the copying model runs over."""
+        return self.plan.key_span(window, self.retrieval.flank, self.retrieval.segment)
 
     def masks(self, epoch: int, window: int, query_ids: np.ndarray) -> np.ndarray:
         """bool [B, key span]: True where the query's site is hidden (scored inside the window); none hidden
@@ -193,11 +222,11 @@ class BatchBuilder:
             ids = self.retrieve(window, key_observed, query_ids)
         batch.neighbour_ids = ids
         neighbours = np.full((b, k, self.plan.length), PAD, dtype=np.int64)
-        neighbours[:, :, :n] = self.panel_alleles[ids, span]
+        neighbours[:, :, :n] = self.panel.span(span)[ids]
         batch.neighbour_tokens = torch.from_numpy(neighbours)
         if self.retrieval.match_features:
             match = np.zeros((b, k, self.plan.length), dtype=np.int64)
-            match[:, :, :n] = match_buckets(key_observed, self.panel_alleles[ids, key_span], within=inside)
+            match[:, :, :n] = match_buckets(key_observed, self.panel.span(key_span)[ids], within=inside)
             batch.neighbour_match = torch.from_numpy(match)
         if self.rag_mode == "precomputed":
             with self.clock.stage("store reads"):
@@ -207,28 +236,69 @@ class BatchBuilder:
                 batch.memory_scales = torch.from_numpy(block.scales.reshape(b, k, self.plan.length))
         return batch
 
+    def copying_pass(self, window: int, key_observed: np.ndarray, query_ids: np.ndarray) -> CopyingPass:
+        """The copying model of these queries over the window's key span: run once, and read again by every
+        later window of the same segment that the same queries observe alike."""
+        key_span = self.key_span(window)
+        key = (key_span.start, key_span.stop, np.asarray(query_ids).tobytes())
+        if self._pass_key is not None and self._pass_key[0] == key and np.array_equal(self._pass_key[1], key_observed):
+            return self._pass
+        panel = self.panel.span(key_span)
+        exclude = self.queries.exclude[query_ids]
+        n_hap, b = panel.shape[0], len(query_ids)
+        if 0 < self.retrieval.states < n_hap - exclude.shape[1]:
+            with self.clock.stage("state selection"):
+                states, allowed = self.select_states(window, key_observed, query_ids)
+            states, allowed = torch.from_numpy(states), torch.from_numpy(allowed).to(self.device)
+        else:  # every haplotype a state, less the query's own sample
+            states = torch.arange(n_hap).expand(b, -1)
+            allowed = torch.ones((b, n_hap + 1), dtype=torch.bool)
+            allowed[torch.arange(b)[:, None], torch.from_numpy(np.where(exclude >= 0, exclude, n_hap))] = False
+            allowed = allowed[:, :n_hap].to(self.device)
+        with self.clock.stage("copying model"):
+            self._pass = copying(torch.from_numpy(panel).to(self.device), torch.from_numpy(key_observed).to(self.device),
+                                 torch.from_numpy(self.cm[key_span]).to(self.device), states.to(self.device), allowed,
+                                 ne=self.retrieval.ne, mismatch=self.retrieval.mismatch)
+        self._pass_key = (key, key_observed.copy())
+        return self._pass
+
+    def select_states(self, window: int, observed: np.ndarray, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's states over the window's key span: its `states` nearest haplotypes by Hamming distance over
+        all its observed sites there, and, for every window-length block of the span, its `local_states` nearest
+        over the block and `local_flank` observed sites each side (haplotypes that match it well somewhere, as
+        IMPUTE5's and Beagle's local matches do), own sample excluded. Distinct ids in ascending order, padded
+        with disallowed states: int64 [B, N] states and bool [B, N] allowed."""
+        spec, exclude = self.retrieval, self.queries.exclude[query_ids]
+        picks = [self.nearest(window, observed, query_ids, spec.states)]
+        count = min(spec.local_states, self.store.n_haplotypes - exclude.shape[1])
+        if count > 0:
+            picks.append(local_nearest(self.panel.span(self.key_span(window)), observed, count, self.plan.length,
+                                       spec.local_flank, exclude))
+        chosen = np.sort(np.concatenate(picks, axis=1), axis=1)
+        distinct = np.ones(chosen.shape, dtype=bool)
+        distinct[:, 1:] = chosen[:, 1:] != chosen[:, :-1]
+        order = np.argsort(~distinct, axis=1, kind="stable")[:, :int(distinct.sum(axis=1).max())]
+        states, allowed = np.take_along_axis(chosen, order, axis=1), np.take_along_axis(distinct, order, axis=1)
+        return np.where(allowed, states, states[:, :1]), allowed
+
     def copy(self, batch: Batch, window: int, inside: slice, key_observed: np.ndarray,
              query_ids: np.ndarray) -> np.ndarray:
-        """Run the copying model over the key span: set batch.copy_prob and batch.neighbour_weight, and return the
-        k haplotypes [B, k] each query copies most inside the window (ties: the nearer state by Hamming)."""
-        key_span = self.key_span(window)  # `inside`: the window's sites within it
-        panel = self.panel_alleles[:, key_span]
-        states = None
-        if 0 < self.retrieval.states < panel.shape[0] - self.queries.exclude.shape[1]:
-            with self.clock.stage("state selection"):
-                states = self.nearest(window, key_observed, query_ids, self.retrieval.states)
-        b, n, length = len(query_ids), inside.stop - inside.start, self.plan.length
+        """Read the window from its segment's copying pass: set batch.copy_prob and batch.neighbour_weight, and
+        return the k haplotypes [B, k] each query copies most inside the window (ties: the nearer state by
+        Hamming)."""
+        result = self.copying_pass(window, key_observed, query_ids)
+        b, n, length, k = len(query_ids), inside.stop - inside.start, self.plan.length, self.retrieval.k
         with self.clock.stage("copying model"):
-            model = copying(panel, key_observed, self.cm[key_span], self.queries.exclude[query_ids],
-                            ne=self.retrieval.ne, mismatch=self.retrieval.mismatch, states=states, sites=inside)
-            prob = np.full((b, length), 0.5, dtype=np.float32)
-            prob[:, :n] = model.alt_probability(panel)
-            chosen = np.argsort(-model.mass(), axis=1, kind="stable")[:, :self.retrieval.k]
-            weight = np.full((b, self.retrieval.k, length), WEIGHT_BUCKETS - 1, dtype=np.int64)
-            weight[:, :, :n] = weight_buckets(model.weights(chosen))
-        batch.copy_prob = torch.from_numpy(prob)
-        batch.neighbour_weight = torch.from_numpy(weight)
-        ids = chosen if states is None else np.take_along_axis(states, chosen, axis=1)
+            window_alleles = torch.from_numpy(self.panel.span(self.plan.sites(window))).to(self.device)
+            at = result.at(inside)
+            prob = torch.full((b, length), 0.5, dtype=torch.float32)
+            prob[:, :n] = at.alt_probability(result.state_alleles(window_alleles)).cpu()
+            chosen = torch.sort(at.mass(), dim=1, descending=True, stable=True).indices[:, :k]  # [B, k]
+            weight = torch.full((b, k, length), WEIGHT_BUCKETS - 1, dtype=torch.int64)
+            weight[:, :, :n] = weight_buckets(at.weights(chosen)).cpu()
+            ids = result.states.gather(1, chosen).cpu().numpy()
+        batch.copy_prob = prob
+        batch.neighbour_weight = weight
         return ids.astype(np.int64)
 
     def retrieve(self, window: int, observed: np.ndarray, query_ids: np.ndarray) -> np.ndarray:
@@ -239,28 +309,49 @@ class BatchBuilder:
         """int64 [B, count] panel haplotypes nearest each query by Hamming distance over its observed key-span
         sites, its own sample excluded (exact; ties by lower id)."""
         columns = np.flatnonzero((observed >= 0).any(axis=0))  # hidden sites score 0 for every haplotype
-        key = (window, columns.tobytes())
-        if self._index_key != key:  # a window's batches mostly observe the same sites: one index for them
-            span = self.panel_alleles[:, self.key_span(window)]
-            self._index, self._index_key = WindowIndex(span[:, columns], backend=self.retrieval.backend), key
+        span = self.key_span(window)
+        key = (span.start, span.stop, columns.tobytes())
+        if self._index_key != key:  # a segment's batches mostly observe the same sites: one index for them
+            self._index = WindowIndex(self.panel.span(span)[:, columns], backend=self.retrieval.backend)
+            self._index_key = key
         ids, _ = self._index.search(observed[:, columns], count, exclude=self.queries.exclude[query_ids])
         return ids
 
 
-def epoch_plan(n_windows: int, n_queries: int, batch_size: int, seed: int, epoch: int) -> list[tuple[int, np.ndarray]]:
-    """(window, query ids) for every batch of an epoch: windows shuffled, then queries within each window."""
+WINDOWS_A_PASS = 8
+"""Training batches of one block of queries in a row (windows of one segment): they share one copying pass."""
+
+
+def epoch_plan(plan: WindowPlan, segment: int, n_queries: int, batch_size: int, seed: int,
+               epoch: int) -> list[tuple[int, np.ndarray]]:
+    """(window, query ids) for every batch of an epoch, each (window, query) once: the windows in shuffled groups
+    of WINDOWS_A_PASS from one segment; within a group, the queries shuffled into blocks, each block's batches
+    over the group's windows in a row (so one copying pass serves them when the queries observe alike)."""
     rng = np.random.default_rng([seed, epoch, 0xE90C])
-    plan = []
-    for window in rng.permutation(n_windows):
+    groups, window = [], 0
+    while window < plan.n_windows:
+        windows = plan.segment_windows(window, segment)
+        shuffled = rng.permutation(np.asarray(windows))
+        groups += [shuffled[i:i + WINDOWS_A_PASS] for i in range(0, len(shuffled), WINDOWS_A_PASS)]
+        window = windows.stop
+    items = []
+    for g in rng.permutation(len(groups)):
         order = rng.permutation(n_queries)
-        plan.extend((int(window), order[i:i + batch_size]) for i in range(0, n_queries, batch_size))
-    return plan
+        for i in range(0, n_queries, batch_size):
+            items.extend((int(w), order[i:i + batch_size]) for w in groups[g])
+    return items
 
 
-def inference_plan(n_windows: int, n_queries: int, batch_size: int) -> list[tuple[int, np.ndarray]]:
-    """Every window, queries in order (impute and validation)."""
-    order = np.arange(n_queries)
-    return [(w, order[i:i + batch_size]) for w in range(n_windows) for i in range(0, n_queries, batch_size)]
+def inference_plan(plan: WindowPlan, segment: int, n_queries: int, batch_size: int) -> list[tuple[int, np.ndarray]]:
+    """Every window for every query (impute and validation): segment by segment, a block of queries at a time,
+    its windows in order, so the copying model runs once per segment and block."""
+    order, items, window = np.arange(n_queries), [], 0
+    while window < plan.n_windows:
+        windows = plan.segment_windows(window, segment)
+        for i in range(0, n_queries, batch_size):
+            items.extend((w, order[i:i + batch_size]) for w in windows)
+        window = windows.stop
+    return items
 
 
 class Prefetcher:

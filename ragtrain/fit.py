@@ -32,7 +32,7 @@ from ragtrain.data import (
     panel_queries,
     split_samples,
 )
-from ragtrain.impute import Imputer
+from ragtrain.impute import BATCH_SIZE, Imputer
 from ragtrain.masking import VALIDATION_EPOCH, MaskSpec, apply_mask, mask_for
 from ragtrain.metrics import MAF_BINS, bin_label, dosage_r2, minor_allele_dose, summarise
 from ragtrain.model import ModelConfig, RagImputer, batch_logits
@@ -258,10 +258,10 @@ class Trainer:
         self.val_truth = val_queries.alleles
         self.val_queries, self.val_hidden = hide_for_validation(val_queries, MaskSpec.parse(options.val_mask),
                                                                 options.seed, self.store.af, self.typed)
-        self.imputer = Imputer(self.model, self.retrieval, self.store, self.device, batch_size=options.batch_size,
-                               panel_alleles=self.panel_alleles, workers=options.workers)
-        self.batches_per_epoch = len(epoch_plan(self.store.n_windows, len(self.train_queries), self.global_batch,
-                                                options.seed, 0))
+        self.imputer = Imputer(self.model, self.retrieval, self.store, self.device,
+                               batch_size=max(options.batch_size, BATCH_SIZE), panel_alleles=self.panel_alleles,
+                               workers=options.workers)  # validation: impute's block of queries a copying pass
+        self.batches_per_epoch = len(self.epoch_items(0))
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / options.accumulate)
         self.total_steps = options.max_steps or options.epochs * self.steps_per_epoch
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
@@ -332,7 +332,13 @@ class Trainer:
     # --- training ---------------------------------------------------------------------------------------
     def builder(self) -> BatchBuilder:
         return BatchBuilder(self.store, self.panel_alleles, self.train_queries, retrieval=self.retrieval,
-                            rag_mode=self.config.rag_mode, mask=self.mask, seed=self.options.seed, typed=self.typed)
+                            rag_mode=self.config.rag_mode, mask=self.mask, seed=self.options.seed, typed=self.typed,
+                            device=self.device if self.options.workers == 0 else "cpu")
+
+    def epoch_items(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        """(window, query ids) of every global batch of `epoch`."""
+        return epoch_plan(self.store.plan, self.retrieval.segment, len(self.train_queries), self.global_batch,
+                          self.options.seed, epoch)
 
     def train_items(self):
         """(epoch, window, query ids, scored) of this rank from the current position on, epoch after epoch: each
@@ -340,9 +346,7 @@ class Trainer:
         unscored, so that every rank steps together."""
         epoch, skip = self.epoch, self.batch_in_epoch
         while True:
-            plan = epoch_plan(self.store.n_windows, len(self.train_queries), self.global_batch,
-                              self.options.seed, epoch)
-            for window, ids in plan[skip:]:
+            for window, ids in self.epoch_items(epoch)[skip:]:
                 share = np.array_split(ids, self.world.size)[self.world.rank]
                 yield (epoch, window, share, True) if share.size else (epoch, window, ids[:1], False)
             epoch, skip = epoch + 1, 0

@@ -1,16 +1,16 @@
-"""Li-Stephens copying model: at every site, how likely the query copies each reference haplotype.
+"""Li-Stephens copying model, in torch: at every site, how likely the query copies each reference haplotype.
 
 The query haplotype is a mosaic of reference haplotypes (Li & Stephens 2003), the model behind Beagle, IMPUTE
 and Minimac. Hidden state: the haplotype copied. Between consecutive observed sites m and m+1, genetic distance
 d (Morgans) gives a switch probability r = 1 - exp(-4 Ne d / H) to a state drawn uniformly from the H allowed
 haplotypes; at an observed site the copied allele matches with probability 1 - mismatch. Forward-backward over
 the query's observed sites gives the posterior copying probabilities there; at sites in between they are
-interpolated linearly in genetic distance (as Minimac and Beagle do). Everything is vectorised over a batch of
-queries, each with its own observed sites; cost O(observed sites x H) a query.
+interpolated linearly in genetic distance (as Minimac and Beagle do).
 
-Used three ways (`ragtrain.data`): to pick the k neighbours a query copies most inside a window (they follow
-the query along it, unlike one Hamming ranking for the whole window), to give the model each neighbour's
-copying probability at each site, and to give it the copying model's own ALT probability at each site.
+`copying` runs one pass for a block of queries over one span (a segment of the window plan,
+`WindowPlan.segment_windows`, plus its flank), batched over the queries, on any torch device; cost
+O(observed sites x states) a query; `ragtrain.data.BatchBuilder` runs it and keeps the last pass.
+Every window of the span reads its copying weights and P(ALT) from that pass (`CopyingPass.at`).
 """
 
 from __future__ import annotations
@@ -18,193 +18,186 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 WEIGHT_BUCKETS = 16
 """Copying probabilities are bucketed as min(15, floor(-log2(w))) for w > 0, and 15 for w = 0."""
 
 
 @dataclass
-class Copying:
-    """Posterior copying probabilities of a batch of queries at some sites of a span.
+class CopyingPass:
+    """Posterior copying probabilities of a block of B queries over one span of S sites.
 
-    gamma [B, R, N]: rows first .. first + R - 1 of each query's M observed steps (padded steps repeat the last
-    one), the rows that the chosen sites interpolate between, over the query's N states (`states` [B, N] panel
-    haplotypes, or every haplotype when None). Chosen site j of query b mixes rows left[b, j] and right[b, j] of
-    gamma with weight t[b, j] on the right one.
+    gamma [M, B, N]: step-major posteriors at each query's M observed steps (padded steps repeat the last one)
+    over its N states (`states` [B, N] haplotype ids of the span's panel; `allowed` False for a state the query
+    may not copy). `before` [B, S]: how many of the query's observed sites lie at or before each site, less one;
+    `cm` [S] genetic positions, `obs_cm` [B, M] those of the observed steps.
     """
 
-    gamma: np.ndarray
-    left: np.ndarray  # int64 [B, n]
-    right: np.ndarray  # int64 [B, n]
-    t: np.ndarray  # float32 [B, n]
-    sites: slice  # the chosen sites, a slice of the span
-    first: int  # the first of the M steps that gamma keeps
-    steps: int  # M
-    states: np.ndarray | None = None  # int64 [B, N]
+    gamma: torch.Tensor
+    states: torch.Tensor
+    allowed: torch.Tensor
+    before: torch.Tensor
+    seen: torch.Tensor
+    counts: torch.Tensor
+    cm: torch.Tensor
+    obs_cm: torch.Tensor
 
-    def alt_probability(self, alleles: np.ndarray) -> np.ndarray:
-        """float32 [B, n]: P(ALT) of each query at the chosen sites under the copying model, from the reference
-        alleles of the span int8 [H, S]."""
-        window = alleles[:, self.sites].astype(np.float32)
-        if self.states is None:
-            at_obs = np.einsum("bmh,hs->bms", self.gamma, window, optimize=True)
-        else:
-            at_obs = np.matmul(self.gamma, window[self.states])  # [B, R, N] @ [B, N, n]
-        p_left = np.take_along_axis(at_obs, self.left[:, None, :], axis=1)[:, 0]
-        p_right = np.take_along_axis(at_obs, self.right[:, None, :], axis=1)[:, 0]
-        return np.clip((1 - self.t) * p_left + self.t * p_right, 0.0, 1.0).astype(np.float32)
+    @property
+    def device(self) -> torch.device:
+        return self.gamma.device
 
-    def mass(self) -> np.ndarray:
-        """float32 [B, N]: each state's copying probability summed over the chosen sites.
+    def at(self, sites: slice) -> WindowCopying:
+        """The copying probabilities at some sites of the span (a window), each interpolated linearly in genetic
+        distance between the observed steps left and right of it."""
+        before = self.before[:, sites]
+        last = (self.counts - 1).clamp(min=0)[:, None]
+        left = before.clamp(min=0)
+        right = torch.where(self.seen[:, sites], left, torch.minimum(before + 1, last))
+        left_cm, right_cm = self.obs_cm.gather(1, left), self.obs_cm.gather(1, right)
+        gap = right_cm - left_cm
+        t = torch.where(gap > 0, (self.cm[sites][None] - left_cm) / torch.where(gap > 0, gap, 1.0), 0.0)
+        t = torch.where(before < 0, 0.0, t.clamp(0.0, 1.0)).to(torch.float32)
+        right = torch.where(before < 0, left, right)
+        first = int(left.min()) if left.numel() else 0
+        stop = int(right.max()) + 1 if right.numel() else 1
+        rows = self.gamma[first:stop].transpose(0, 1)  # [B, R, N]: the steps the sites lie between
+        return WindowCopying(rows, left - first, right - first, t, self.states)
 
-        The sum runs (through BLAS) over all M steps of the span, zero outside the rows kept: BLAS blocks a sum
-        by its length, so this keeps the result bit for bit independent of which rows a window keeps.
-        """
-        b, kept, n = self.gamma.shape
-        coef = np.zeros((b, self.steps), dtype=np.float32)
-        rows = np.arange(b)[:, None]
-        np.add.at(coef, (rows, self.left + self.first), 1 - self.t)
-        np.add.at(coef, (rows, self.right + self.first), self.t)
-        gamma = np.zeros((b, self.steps, n), dtype=np.float32)
-        gamma[:, self.first:self.first + kept] = self.gamma
-        return np.einsum("bm,bmh->bh", coef, gamma, optimize=True)
+    def state_alleles(self, alleles: torch.Tensor) -> torch.Tensor:
+        """[B, N, n]: the alleles each query's states carry at some sites of the span (alleles [H, n]); [H, n]
+        itself when every query's states are every haplotype in order."""
+        if self.states.shape[1] == alleles.shape[0] and bool((self.states == self.states[:1]).all()) and bool(
+                (self.states[0] == torch.arange(alleles.shape[0], device=self.states.device)).all()):
+            return alleles
+        return alleles[self.states]
 
-    def weights(self, ids: np.ndarray) -> np.ndarray:
-        """float32 [B, k, n]: the copying probability of chosen states ids [B, k] (indices into the N states) at
+
+@dataclass
+class WindowCopying:
+    """A pass read at n chosen sites: site j of query b mixes rows left[b, j] and right[b, j] of `rows`
+    [B, R, N] with weight t[b, j] on the right one."""
+
+    rows: torch.Tensor
+    left: torch.Tensor
+    right: torch.Tensor
+    t: torch.Tensor
+    states: torch.Tensor
+
+    def _mix(self, at_rows: torch.Tensor) -> torch.Tensor:
+        """[B, n, c]: per-row values [B, R, c] interpolated at each chosen site."""
+        shape = (*self.left.shape, at_rows.shape[2])
+        t = self.t[..., None]
+        return ((1 - t) * at_rows.gather(1, self.left[..., None].expand(shape))
+                + t * at_rows.gather(1, self.right[..., None].expand(shape)))
+
+    def alt_probability(self, state_alleles: torch.Tensor) -> torch.Tensor:
+        """float32 [B, n]: P(ALT) under the copying model, from the states' alleles [B, N, n] (or [N, n], the
+        same states for every query) at the sites."""
+        at_rows = torch.matmul(self.rows, state_alleles.to(self.rows.dtype))  # [B, R, n]
+        left = at_rows.gather(1, self.left[:, None, :]).squeeze(1)
+        right = at_rows.gather(1, self.right[:, None, :]).squeeze(1)
+        return ((1 - self.t) * left + self.t * right).clamp(0.0, 1.0)
+
+    def mass(self) -> torch.Tensor:
+        """float32 [B, N]: each state's copying probability summed over the chosen sites."""
+        coef = torch.zeros(self.rows.shape[:2], dtype=self.rows.dtype, device=self.rows.device)
+        coef.scatter_add_(1, self.left, 1 - self.t)
+        coef.scatter_add_(1, self.right, self.t)
+        return torch.bmm(coef[:, None, :], self.rows).squeeze(1)
+
+    def weights(self, chosen: torch.Tensor) -> torch.Tensor:
+        """float32 [B, k, n]: the copying probability of chosen states [B, k] (indices into the N states) at
         the chosen sites."""
-        chosen = np.take_along_axis(self.gamma, ids[:, None, :], axis=2)  # [B, R, k]
-        w_left = np.take_along_axis(chosen, self.left[:, :, None], axis=1)  # [B, n, k]
-        w_right = np.take_along_axis(chosen, self.right[:, :, None], axis=1)
-        t = self.t[:, :, None]
-        return ((1 - t) * w_left + t * w_right).transpose(0, 2, 1).astype(np.float32)
+        picked = self.rows.gather(2, chosen[:, None, :].expand(-1, self.rows.shape[1], -1))  # [B, R, k]
+        return self._mix(picked).transpose(1, 2)
 
 
-def switch_probabilities(cm: np.ndarray, ne: float, n_haplotypes: int) -> np.ndarray:
+def switch_probabilities(cm: np.ndarray | torch.Tensor, ne: float, n_haplotypes: int):
     """r = 1 - exp(-4 Ne d / H) between consecutive positions cm [..., M] (centiMorgans): [..., M - 1]."""
-    morgans = np.maximum(np.diff(cm, axis=-1), 0.0) / 100.0
-    return -np.expm1(-4.0 * ne * morgans / n_haplotypes)
+    if isinstance(cm, np.ndarray):
+        morgans = np.maximum(np.diff(cm, axis=-1), 0.0) / 100.0
+        return -np.expm1(-4.0 * ne * morgans / n_haplotypes)
+    morgans = torch.diff(cm, dim=-1).clamp(min=0.0) / 100.0
+    return -torch.expm1(-4.0 * ne * morgans / n_haplotypes)
 
 
-def copied_alleles(alleles: np.ndarray, obs: np.ndarray, states: np.ndarray | None) -> np.ndarray:
-    """int8 [M, B, N], step-major: the allele query b's state n carries at its observed step m (alleles [H, S],
-    obs [B, M] site indices, states [B, N] haplotype ids or None for all H). Gathered from the observed columns
-    only, one gather for all the queries that observe the same sites."""
-    if states is None:
-        return alleles[:, obs.T].transpose(1, 2, 0)
-    columns, where = np.unique(obs, return_inverse=True)
-    by_site = np.ascontiguousarray(alleles[:, columns].T)  # [C, H]
-    steps, group = np.unique(where.reshape(obs.shape), axis=0, return_inverse=True)  # queries observing alike
-    out = np.empty((obs.shape[1], *states.shape), dtype=alleles.dtype)
-    for g, sites in enumerate(steps):
-        members = np.flatnonzero(group.reshape(-1) == g)
-        out[:, members] = by_site[sites][:, states[members]]  # [M, H] -> [M, members, N]
+def _state_alleles_at_steps(alleles: torch.Tensor, obs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """int8 [M, B, N]: the allele query b's state n carries at its observed step m (alleles [H, S], obs [B, M]
+    site indices, states [B, N]); one gather for all the queries that observe the same sites."""
+    by_site = alleles.T  # [S, H]
+    steps, group = torch.unique(obs, dim=0, return_inverse=True)
+    out = torch.empty((obs.shape[1], *states.shape), dtype=alleles.dtype, device=alleles.device)
+    for g in range(steps.shape[0]):
+        members = torch.nonzero(group == g).flatten()
+        out[:, members] = by_site[steps[g]][:, states[members]]  # [M, H] -> [M, members, N]
     return out
 
 
-def copying(alleles: np.ndarray, observed: np.ndarray, cm: np.ndarray, exclude: np.ndarray | None = None,
-            ne: float = 20_000.0, mismatch: float = 1e-3, states: np.ndarray | None = None,
-            sites: slice = slice(None)) -> Copying:
-    """Forward-backward of each query over its observed sites, for the copying probabilities at `sites`.
+@torch.no_grad()
+def copying(alleles: torch.Tensor, observed: torch.Tensor, cm: torch.Tensor, states: torch.Tensor,
+            allowed: torch.Tensor | None = None, ne: float = 20_000.0, mismatch: float = 1e-3) -> CopyingPass:
+    """Forward-backward of each query over its observed sites of one span, in one pass.
 
     alleles: int8 [H, S] reference alleles of the span; observed: int8 [B, S] query alleles (-1 where hidden or
-    missing); cm: float [S] genetic positions (centiMorgans); exclude: int64 [B, m] haplotypes a query must
-    never copy (its own sample; negative ids ignored); states: int64 [B, N] the haplotypes each query may copy
-    (IMPUTE5-style state selection; None: all H, less `exclude`); sites: the sites of the span wanted (a window
-    inside its key span). Every observed site of the span informs the posteriors; the forward pass stops at
-    the last step the chosen sites use and the backward pass at the first, so a window in the middle of its
-    span costs about one pass over the span, not two.
+    missing); cm: float64 [S] genetic positions (centiMorgans); states: int64 [B, N] the haplotypes each query
+    may copy (its nearest ones, or all H); allowed: bool [B, N], False for a state the query must never copy
+    (its own sample), default all. Every tensor on the device the pass runs on.
     """
-    b, n_sites = observed.shape
-    n_hap = alleles.shape[0] if states is None else states.shape[1]
+    b, n_states = observed.shape[0], states.shape[1]
+    device = observed.device
     seen = observed >= 0
-    counts = seen.sum(axis=1)
-    m_max = max(int(counts.max(initial=0)), 1)
+    counts = seen.sum(dim=1)
+    m_max = max(int(counts.max()) if b else 0, 1)
     # each query's observed site indices, padded by repeating its last one (padded steps change nothing)
-    order = np.argsort(~seen, axis=1, kind="stable")[:, :m_max]
-    step = np.arange(m_max)[None, :]
-    last = np.maximum(counts - 1, 0)[:, None]
-    obs = np.where(step < counts[:, None], order, np.take_along_axis(order, last, axis=1))
+    order = torch.argsort((~seen).to(torch.int8), dim=1, stable=True)[:, :m_max]
+    step = torch.arange(m_max, device=device)[None, :]
+    last = (counts - 1).clamp(min=0)[:, None]
     real = step < counts[:, None]  # [B, M]
+    obs = torch.where(real, order, order.gather(1, last))
+    if allowed is None:
+        allowed = torch.ones((b, n_states), dtype=torch.bool, device=device)
+    allowed_f = allowed.to(torch.float32)
+    jump = allowed_f / allowed_f.sum(dim=1, keepdim=True).clamp(min=1)  # [B, N]
 
-    # the chosen sites, each between the observed steps left and right of it (in genetic distance)
-    chosen = np.arange(n_sites)[sites]
-    before = (np.cumsum(seen, axis=1) - 1)[:, chosen]  # index among observed of the last observed site <= s, or -1
-    left = np.clip(before, 0, None)
-    right = np.where(seen[:, chosen], left, np.minimum(before + 1, last))
-    left_cm = np.take_along_axis(cm[obs], left, axis=1)
-    right_cm = np.take_along_axis(cm[obs], right, axis=1)
-    gap = right_cm - left_cm
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where((gap > 0) & (before >= 0), (cm[None, chosen] - left_cm) / gap, 0.0)
-    t = np.where(before < 0, 0.0, np.clip(t, 0.0, 1.0)).astype(np.float32)
-    right = np.where(before < 0, 0, right)
-    first, stop = (int(left.min()), int(right.max()) + 1) if left.size else (0, 1)  # the rows of gamma needed
-
-    allowed = np.ones((b, n_hap), dtype=np.float32)
-    if exclude is not None and exclude.size and states is None:
-        rows, cols = np.nonzero(exclude >= 0)
-        allowed[rows, exclude[rows, cols]] = 0.0
-    n_allowed = allowed.sum(axis=1, keepdims=True)
-
-    query = np.take_along_axis(observed, obs, axis=1)  # [B, M]
-    match = (copied_alleles(alleles, obs, states) == query.T[:, :, None]).view(np.uint8)  # [M, B, N]
-    r = switch_probabilities(cm[obs].astype(np.float64), ne, n_hap).astype(np.float32)  # [B, M-1]
-    r[~real[:, 1:]] = 0.0
-    jump = allowed / n_allowed  # [B, H]
-    every_state = bool((allowed == 1).all())
-    if every_state:  # the jump term is one number a row
+    query = observed.gather(1, obs)  # [B, M]
+    match = _state_alleles_at_steps(alleles, obs, states) == query.T[:, :, None]  # bool [M, B, N]
+    obs_cm = cm[obs]  # [B, M]
+    r = switch_probabilities(obs_cm, ne, n_states).to(torch.float32)  # [B, M-1]
+    r = torch.where(real[:, 1:], r, 0.0)[..., None]  # padded steps do not switch
+    stay = 1 - r
+    pad = ~real.T[:, :, None]  # [M, B, 1]
+    padded = pad.any(dim=1).flatten().tolist()  # steps at which some query is padded
+    every = bool(allowed.all())
+    if every:  # the jump term is one number a row
         jump = jump[:, :1]
-    levels = np.array([mismatch, 1 - mismatch], dtype=np.float32)  # mismatch, match
-    emitted = np.empty((b, n_hap), dtype=np.float32)
 
-    def emission(m: int) -> np.ndarray:
-        """float32 [B, N] at step m (one buffer, rewritten each call): 1 - mismatch where the state's allele
-        matches, mismatch where not, 0 for disallowed states, `allowed` at padding."""
-        np.take(levels, match[m], out=emitted)
-        if not every_state:
-            np.multiply(emitted, allowed, out=emitted)
-        pad = ~real[:, m]
-        if pad.any():
-            emitted[pad] = allowed[pad]
-        return emitted
+    def emission(m: int) -> torch.Tensor:
+        """[B, N] at step m: 1 - mismatch where the state's allele matches, mismatch where not, 0 for
+        disallowed states, 1 (allowed) at padding."""
+        e = torch.where(match[m], 1 - mismatch, mismatch)
+        if not every:
+            e = e * allowed_f
+        return torch.where(pad[m], allowed_f, e) if padded[m] else e
 
-    # forward up to the last row needed, keeping rows first.. (earlier ones only as the previous step)
-    gamma = np.empty((b, stop - first, n_hap), dtype=np.float32)
-    scratch = np.empty((b, n_hap), dtype=np.float32)
+    gamma = torch.empty((m_max, b, n_states), dtype=torch.float32, device=device)
     a = emission(0) * jump
-    previous = gamma[:, 0] if first == 0 else scratch
-    np.divide(a, a.sum(axis=1, keepdims=True), out=previous)
-    for m in range(1, stop):
-        rm = r[:, m - 1, None]
-        np.multiply(1 - rm, previous, out=a)
-        a += rm * jump
-        a *= emission(m)
-        previous = gamma[:, m - first] if m >= first else scratch
-        np.divide(a, a.sum(axis=1, keepdims=True), out=previous)
-
-    # backward from the last step down to the first row needed; posteriors overwrite the forward rows
-    def posterior(m: int, beta: np.ndarray) -> None:
-        if first <= m < stop:
-            row = gamma[:, m - first]
-            row *= beta
-            row /= row.sum(axis=1, keepdims=True)
-
-    beta = allowed.copy()
-    posterior(m_max - 1, beta)
-    for m in range(m_max - 2, first - 1, -1):
-        rm = r[:, m, None]
-        np.multiply(emission(m + 1), beta, out=a)
-        total = a.sum(axis=1, keepdims=True)
-        np.multiply(1 - rm, a, out=beta)
-        beta += rm * jump * total
-        beta /= beta.sum(axis=1, keepdims=True)
-        posterior(m, beta)
-    return Copying(gamma, (left - first).astype(np.int64), (right - first).astype(np.int64), t, sites, first, m_max,
-                   states)
+    gamma[0] = a / a.sum(dim=1, keepdim=True)
+    for m in range(1, m_max):
+        a = (stay[:, m - 1] * gamma[m - 1] + r[:, m - 1] * jump) * emission(m)
+        gamma[m] = a / a.sum(dim=1, keepdim=True)
+    beta = allowed_f.clone()
+    for m in range(m_max - 2, -1, -1):
+        a = emission(m + 1) * beta
+        beta = stay[:, m] * a + r[:, m] * jump * a.sum(dim=1, keepdim=True)
+        beta = beta / beta.sum(dim=1, keepdim=True)
+        post = gamma[m] * beta
+        gamma[m] = post / post.sum(dim=1, keepdim=True)
+    before = torch.cumsum(seen, dim=1) - 1
+    return CopyingPass(gamma, states, allowed, before, seen, counts, cm, obs_cm)
 
 
-def weight_buckets(weights: np.ndarray) -> np.ndarray:
+def weight_buckets(weights: torch.Tensor) -> torch.Tensor:
     """int64 buckets of copying probabilities: min(15, floor(-log2 w)), 15 for w = 0."""
-    with np.errstate(divide="ignore"):
-        level = np.floor(-np.log2(np.clip(weights, 0.0, 1.0)))
-    return np.minimum(np.nan_to_num(level, posinf=WEIGHT_BUCKETS - 1), WEIGHT_BUCKETS - 1).astype(np.int64)
+    level = torch.floor(-torch.log2(weights.clamp(0.0, 1.0)))
+    return torch.nan_to_num(level, posinf=WEIGHT_BUCKETS - 1).clamp(max=WEIGHT_BUCKETS - 1).to(torch.int64)

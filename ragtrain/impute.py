@@ -53,22 +53,33 @@ class ImputeReport:
         return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.stages.items())
 
 
+COPYING = "copying"
+"""`--model copying`: impute with the copying model alone (no trained network, no stored memory)."""
+
+
 class Imputer:
     """A trained model against its store: stitched P(ALT) for query haplotypes, as `ragtrain impute` writes
-    them. Fit's validation and the benchmarks use the same object, so validation scores what impute writes."""
+    them. Fit's validation and the benchmarks use the same object, so validation scores what impute writes.
+    `model` None imputes with the copying model alone: its P(ALT), which the network starts from.
 
-    def __init__(self, model: RagImputer, retrieval: RetrievalSpec, store: EmbeddingStore, device: torch.device,
+    panel_alleles: the panel in memory (fit holds it anyway), or None to read one key span at a time."""
+
+    def __init__(self, model: RagImputer | None, retrieval: RetrievalSpec, store: EmbeddingStore, device: torch.device,
                  batch_size: int = BATCH_SIZE, stitch: Stitch = "average", panel_alleles: np.ndarray | None = None,
                  clock: StageClock | None = None, workers: int = 0) -> None:
         self.model, self.retrieval, self.store, self.device = model, retrieval, store, device
         self.batch_size, self.stitch, self.workers = batch_size, stitch, workers
-        self._panel = panel_alleles
+        self.panel_alleles = panel_alleles
         self.clock = clock or StageClock()
 
     @classmethod
     def load(cls, path: str | Path, store: EmbeddingStore, device: torch.device, backend: str | None = None,
              **kwargs) -> Imputer:
-        """From a `ragtrain fit` checkpoint; `backend` overrides the retrieval backend (same neighbours)."""
+        """From a `ragtrain fit` checkpoint, or the copying model alone at its defaults (`path` "copying");
+        `backend` overrides the retrieval backend (same neighbours)."""
+        if str(path) == COPYING:
+            retrieval = RetrievalSpec() if backend is None else RetrievalSpec(backend=backend)
+            return cls(None, retrieval, store, device, **kwargs)
         ckpt = load_checkpoint(path, store)
         model = RagImputer(ckpt.model_config, ckpt.retrieval)
         model.load_state_dict(ckpt.state["model"])
@@ -85,22 +96,20 @@ class Imputer:
         widths = {"none": bert.ffn_mult, "precomputed": max(bert.ffn_mult, 2 * k), "online": k * bert.ffn_mult}
         return max(1, CPU_CHUNK_BYTES // (4 * bert.window * bert.d_model * widths[mode]))
 
-    def panel_alleles(self) -> np.ndarray:
-        if self._panel is None:
-            self._panel = self.store.alleles()
-        return self._panel
-
     @torch.no_grad()
     def probabilities(self, queries: QuerySet, show_progress: bool = True) -> np.ndarray:
         """P(ALT) float32 [sites, queries]; queries carry -1 at the sites to impute. Overlaps: the window whose
         core holds a site wins ("core"), or every window covering it is averaged ("average")."""
-        plan, was_training = self.store.plan, self.model.training
-        self.model.eval()
-        builder = BatchBuilder(self.store, self.panel_alleles(), queries, retrieval=self.retrieval,
-                               rag_mode=self.model.config.rag_mode, clock=self.clock)
+        plan, model = self.store.plan, self.model
+        was_training = model is not None and model.training
+        if model is not None:
+            model.eval()
+        rag_mode = "none" if model is None else model.config.rag_mode
+        builder = BatchBuilder(self.store, self.panel_alleles, queries, retrieval=self.retrieval, rag_mode=rag_mode,
+                               clock=self.clock, device=self.device if self.workers == 0 else "cpu")
         total = np.zeros((plan.n_sites, len(queries)), dtype=np.float64)
         count = plan.coverage()[:, None] if self.stitch == "average" else np.ones((plan.n_sites, 1))
-        items = inference_plan(plan.n_windows, len(queries), self.batch_size)
+        items = inference_plan(plan, self.retrieval.segment, len(queries), self.batch_size)
         bar = progress_bar() if show_progress else nullcontext()  # fit's validation runs inside fit's own bar
         clock = self.clock
         with bar:
@@ -109,9 +118,12 @@ class Imputer:
                                  workers=self.workers)
             for batch in batches:
                 with clock.stage("network"):
-                    batch = batch.to(self.device)
-                    logits = torch.cat([batch_logits(self.model, part) for part in batch.split(self.network_rows())])
-                    p_alt = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy().T
+                    if model is None:
+                        p_alt = batch.copy_prob.numpy().T
+                    else:
+                        batch = batch.to(self.device)
+                        logits = torch.cat([batch_logits(model, part) for part in batch.split(self.network_rows())])
+                        p_alt = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy().T
                 with clock.stage("stitching"):
                     span = plan.sites(batch.window)
                     keep = plan.core(batch.window) if self.stitch == "core" else span
@@ -119,7 +131,8 @@ class Imputer:
                 if show_progress:
                     bar.advance(task)
             clock.add("waiting for batches", batches.wait_seconds)
-        self.model.train(was_training)
+        if model is not None:
+            model.train(was_training)
         return (total / count).astype(np.float32)
 
 

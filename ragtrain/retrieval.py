@@ -32,13 +32,17 @@ Selection = Literal["copying", "hamming"]
 class RetrievalSpec:
     """How neighbours are found and described: saved in every checkpoint, so impute retrieves as fit did.
 
-    k: neighbours a query window; flank: sites each side of a window whose observed alleles also inform
-    retrieval (an array types ~1 % of sites: a few a window, too few to match on); selection: "copying"
+    k: neighbours a query window; segment: sites of windows grouped into one segment, over which the copying
+    model runs once per query (`WindowPlan.segment_windows`; 0: one window a segment); flank: sites each side
+    of a segment whose observed alleles also inform retrieval and the copying model (an array types ~1 % of
+    sites: a few a window, too few to match on); selection: "copying"
     (the k haplotypes the Li-Stephens copying model says the query copies most inside the window, with the
     model's per-site copying probabilities and ALT probability given to the network; `ragtrain.hmm`) or
     "hamming" (the k nearest by Hamming distance over the observed sites of the whole span); states: the copying
-    model's states, each query's nearest haplotypes by Hamming distance over the span (IMPUTE5 picks its states
-    by matches too; 0: every haplotype); ne, mismatch: the copying model's effective population size and allele
+    model's states, each query's nearest haplotypes by Hamming distance over the span (0: every haplotype),
+    joined by local_states: its nearest over each window-length block of the span and local_flank observed
+    sites each side (haplotypes that match well somewhere; IMPUTE5 and Beagle choose states by local matches
+    too); ne, mismatch: the copying model's effective population size and allele
     mismatch probability; match_features: give the model
     each neighbour's match length around each site (`match_buckets`); backend: FAISS or torch for Hamming
     search, which return identical neighbours (so it may differ between fit and impute).
@@ -46,8 +50,11 @@ class RetrievalSpec:
 
     k: int = 8
     flank: int = 8192
+    segment: int = 16_384
     selection: Selection = "copying"
     states: int = 256
+    local_states: int = 16
+    local_flank: int = 32
     ne: float = 20_000.0
     mismatch: float = 1e-3
     match_features: bool = False  # with the copying model they added nothing (docs/accuracy.md)
@@ -68,7 +75,7 @@ class RetrievalSpec:
 
     def differences(self, other: RetrievalSpec) -> list[str]:
         """Settings that change which neighbours are found or what the model sees (not the backend)."""
-        names = ("k", "flank", "selection", "states", "ne", "mismatch", "match_features")
+        names = ("k", "flank", "segment", "selection", "states", "local_states", "local_flank", "ne", "mismatch", "match_features")
         return [f"{name} {getattr(self, name)} vs {getattr(other, name)}" for name in names
                 if getattr(self, name) != getattr(other, name)]
 
@@ -226,6 +233,46 @@ class WindowIndex:
                 out_ids.append(top.cpu())
                 out_scores.append(scores.gather(1, top).cpu())
         return torch.cat(out_ids).numpy(), torch.cat(out_scores).numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def local_nearest(ref_alleles: np.ndarray, queries: np.ndarray, k: int, block: int, flank: int,
+                  exclude: np.ndarray | None = None, max_scores: int = _CHUNK_ELEMENTS) -> np.ndarray:
+    """int64 [Q, blocks x k]: for every block of `block` sites of a span, each query's k nearest reference
+    haplotypes by Hamming distance over its observed sites in the block and `flank` observed sites each side
+    (ref_alleles [H, S], queries [Q, S] with -1 where hidden). Exact, ties by lower id, `exclude` [Q, m] never
+    returned, as `WindowIndex.search`; all blocks in a few batched products (at most `max_scores` scores at once).
+    """
+    n_hap, n_sites = ref_alleles.shape
+    seen = np.flatnonzero((np.asarray(queries) >= 0).any(axis=0))
+    if seen.size == 0 or k < 1:
+        return np.zeros((queries.shape[0], 0), dtype=np.int64)
+    starts = np.arange(0, n_sites, block)
+    lo = np.maximum(np.searchsorted(seen, starts) - flank, 0)
+    hi = np.minimum(np.searchsorted(seen, starts + block) + flank, seen.size)
+    # every block's score is a difference of prefix sums over the observed columns, taken only at the blocks'
+    # edges: one product over each stretch between consecutive edges (each column in exactly one)
+    edges = np.unique(np.concatenate([[0, seen.size], lo, hi]))
+    ref = torch.from_numpy(encode_pm1(ref_alleles[:, seen]))  # [H, C]
+    query = torch.from_numpy(encode_pm1(queries[:, seen]))  # [Q, C]
+    tiebreak = (n_hap - 1) - torch.arange(n_hap)
+    banned = torch.zeros((query.shape[0], n_hap + 1), dtype=torch.bool)
+    if exclude is not None and exclude.size:
+        banned.scatter_(1, torch.from_numpy(np.where(exclude >= 0, exclude, n_hap)), True)
+    banned = banned[:, :n_hap]
+    at_lo, at_hi = torch.from_numpy(np.searchsorted(edges, lo)), torch.from_numpy(np.searchsorted(edges, hi))
+    rows = max(1, max_scores // max(1, n_hap * len(edges)))
+    out = []
+    for first in range(0, query.shape[0], rows):
+        q = query[first:first + rows]
+        prefix = torch.zeros((len(edges), q.shape[0], n_hap))
+        for i in range(1, len(edges)):
+            stretch = slice(int(edges[i - 1]), int(edges[i]))
+            prefix[i] = prefix[i - 1] + q[:, stretch] @ ref[:, stretch].T
+        scores = torch.round(prefix[at_hi] - prefix[at_lo]).to(torch.int64)  # [blocks, q, H]
+        keys = (scores * n_hap + tiebreak).masked_fill_(banned[first:first + rows][None], torch.iinfo(torch.int64).min)
+        out.append(keys.topk(k, dim=2).indices.permute(1, 0, 2).reshape(q.shape[0], -1))
+    return torch.cat(out, dim=0).numpy()
 
 
 def retrieve(ref_alleles: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None = None,

@@ -68,10 +68,20 @@ class WindowPlan:
         """The panel sites whose core window is `window`."""
         return slice(int(self.core_starts[window]), int(self.core_ends[window]))
 
-    def key_span(self, window: int, flank: int) -> slice:
-        """`window` plus `flank` sites each side, clipped to the panel."""
-        span = self.sites(window)
-        return slice(max(0, span.start - flank), min(self.n_sites, span.stop + flank))
+    def segment_windows(self, window: int, size: int) -> range:
+        """The windows of the segment holding `window`: segments group `max(1, size // stride)` consecutive
+        windows, about `size` sites of cores. The copying model runs once per segment and query."""
+        per = max(1, size // self.stride)
+        first = window // per * per
+        return range(first, min(first + per, self.n_windows))
+
+    def key_span(self, window: int, flank: int, segment: int = 0) -> slice:
+        """The sites of `window`'s segment (`segment_windows`; 0: the window alone) plus `flank` sites each side,
+        clipped to the panel: the span that the copying model, retrieval and the masks of every window of the
+        segment run over."""
+        windows = self.segment_windows(window, segment)
+        start, stop = self.sites(windows[0]).start, self.sites(windows[-1]).stop
+        return slice(max(0, start - flank), min(self.n_sites, stop + flank))
 
     def coverage(self) -> np.ndarray:
         """int64 [n_sites]: how many windows hold each site."""

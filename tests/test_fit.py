@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import random
 import shutil
@@ -18,7 +19,7 @@ from typer.testing import CliRunner
 
 from ragprep.model import build_bert, save_bert
 from ragtrain.cli import app
-from ragtrain.data import BatchBuilder, panel_queries, split_samples
+from ragtrain.data import WINDOWS_A_PASS, BatchBuilder, PanelAlleles, epoch_plan, panel_queries, split_samples
 from ragtrain.fit import FitOptions, Trainer, fit, masked_loss
 from ragtrain.impute import Imputer
 from ragtrain.masking import MaskSpec, apply_mask
@@ -36,7 +37,7 @@ def options(store: str, out, **overrides) -> FitOptions:
 
 
 def builder(store, haps, queries, mask: str, **retrieval) -> BatchBuilder:
-    return BatchBuilder(store, haps, queries, retrieval=RetrievalSpec(**{"k": 4, "flank": 0, **retrieval}),
+    return BatchBuilder(store, haps, queries, retrieval=RetrievalSpec(**{"k": 4, "flank": 0, "segment": 0, **retrieval}),
                         rag_mode="precomputed", mask=MaskSpec.parse(mask), seed=1)
 
 
@@ -100,7 +101,7 @@ def test_checkpoint_loads_with_weights_only(store_path, tmp_path):
     ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "rng", "progress", "model_config", "retrieval"} <= set(ckpt)
     assert ckpt["retrieval"] == RetrievalSpec(k=3, flank=40).to_dict()
-    assert {"k", "flank", "selection", "states", "ne", "mismatch", "match_features", "backend"} == set(ckpt["retrieval"])
+    assert {"k", "flank", "segment", "selection", "states", "local_states", "local_flank", "ne", "mismatch", "match_features", "backend"} == set(ckpt["retrieval"])
     assert "k" not in ckpt["model_config"] and "checkpointing" not in ckpt["model_config"]
     assert not list((tmp_path / "run").glob("*.tmp-*"))  # atomic writes leave no temporaries
 
@@ -267,9 +268,7 @@ def test_online_memory_and_the_store_come_from_the_same_forward_pass(store_path,
     batches = trainer.builder()
     ids, window = np.arange(8), 2
     batch = batches.build(0, window, ids)
-    span = batches.key_span(window)
-    observed = apply_mask(trainer.train_queries.alleles[ids, span], batches.masks(0, window, ids))
-    neighbours = batches.retrieve(window, observed, ids)
+    neighbours = batch.neighbour_ids
     with torch.no_grad():
         online = trainer.model.online_memory(batch.neighbour_tokens, batch.af, batch.valid)
     stored = open_store(store_path).read_neighbours(window, neighbours.reshape(-1)).values
@@ -358,3 +357,79 @@ def test_pretrain_lowers_the_masked_allele_loss_and_writes_an_encoder(store_path
     encode(str(panel_vcf), store, tiny_options(encoder=str(encoder)))
     assert open_store(store).meta.encoder_source == str(encoder)
     assert fit(options(store, tmp_path / "fit", max_steps=2, eval_every=2, encoder=str(encoder))).steps == 2
+
+
+def test_one_copying_pass_a_segment_gives_each_window_what_its_own_pass_gives(store_path):
+    """Where every window's span is the whole panel, a pass per window and one pass for the whole panel (a segment
+    holding every window) give every window the same P(ALT), neighbours and copying weights, bit for bit; within a
+    segment, later windows of the same queries read the first window's pass instead of running their own."""
+    store = open_store(store_path)
+    haps = store.alleles()
+    queries = panel_queries(haps, split_samples(haps.shape[0] // 2, 0.2, seed=1)[0])
+    ids, whole = np.arange(12), store.plan.n_sites
+    typed = np.zeros(whole, dtype=bool)
+    typed[::5] = True
+    def builder_for(**spans) -> BatchBuilder:
+        return BatchBuilder(store, haps, queries, retrieval=RetrievalSpec(k=4, states=40, **spans),
+                            rag_mode="precomputed", typed=typed)
+
+    segment = builder_for(flank=0, segment=10**6)
+    built = {"segment": [], "window": []}
+    passes = set()
+    for window in range(store.n_windows):
+        built["segment"].append(segment.build(0, window, ids))
+        passes.add(id(segment._pass))
+        built["window"].append(builder_for(flank=whole, segment=0).build(0, window, ids))  # a pass of its own
+    assert len(passes) == 1
+    for one, per_window in zip(built["segment"], built["window"]):
+        for field in ("copy_prob", "neighbour_weight", "memory"):
+            assert torch.equal(getattr(one, field), getattr(per_window, field))
+        np.testing.assert_array_equal(one.neighbour_ids, per_window.neighbour_ids)
+
+
+def test_panel_alleles_read_a_span_at_a_time_equal_the_whole_panel(store_path):
+    """Impute reads the panel one key span at a time (bounded memory); a window inside the span last read is a
+    view of it, not a new read; every span equals the whole panel's columns."""
+    store = open_store(store_path)
+    whole = store.alleles()
+    panel = PanelAlleles(store)
+    plan = store.plan
+    for window in range(plan.n_windows):
+        key = plan.key_span(window, 40, 0)
+        span = panel.span(key)
+        np.testing.assert_array_equal(span, whole[:, key])
+        inside = panel.span(plan.sites(window))
+        assert np.shares_memory(inside, span)
+        np.testing.assert_array_equal(inside, whole[:, plan.sites(window)])
+    assert panel._alleles.shape[1] < whole.shape[1]  # never the whole panel at once
+
+
+def test_an_epoch_visits_every_window_and_query_once_a_block_of_queries_over_a_few_windows_in_a_row(store_path):
+    """Each (window, query) once an epoch; a block of queries takes WINDOWS_A_PASS windows of one segment in a
+    row, so one copying pass serves them (with --targets every window observes the same sites)."""
+    plan = open_store(store_path).plan
+    items = epoch_plan(plan, 200, 37, 8, seed=3, epoch=1)
+    pairs = [(w, int(q)) for w, ids in items for q in ids]
+    assert len(pairs) == len(set(pairs)) == plan.n_windows * 37
+    runs = [items[0]]
+    for item in items[1:]:
+        if np.array_equal(item[1], runs[-1][1]) and (plan.segment_windows(item[0], 200)
+                                                     == plan.segment_windows(runs[-1][0], 200)):
+            runs.append(item)
+        else:
+            break
+    assert len(runs) == min(WINDOWS_A_PASS, len(plan.segment_windows(items[0][0], 200)))
+    assert items != epoch_plan(plan, 200, 37, 8, seed=3, epoch=2)
+
+
+def test_targets_training_reuses_one_copying_pass_for_a_block_over_its_windows(store_path, tmp_path):
+    typed = np.zeros(open_store(store_path).plan.n_sites, dtype=bool)
+    typed[::4] = True
+    trainer = Trainer(options(store_path, tmp_path / "run", retrieval=RetrievalSpec(k=4, flank=0)))
+    trainer.typed = typed
+    builder = trainer.builder()
+    passes = []
+    for epoch, window, ids, _ in itertools.islice(trainer.train_items(), WINDOWS_A_PASS):
+        builder.build(epoch, window, ids)
+        passes.append(id(builder._pass))
+    assert len(set(passes)) == 1

@@ -30,10 +30,11 @@ def test_stages_add_rows_and_the_report_gathers_every_part(tmp_path):
               "fit_steps": 2, "fit_batch": 8, "workers": 0}
     with torch_threads(1):
         for compressor in ("zstd", "none"):
-            args = Namespace(**common, compressor=compressor, label=compressor)
+            args = Namespace(**common, compressor=compressor, label=compressor, copying=False)
             pipeline.encode_stage(args)
             pipeline.fit_stage(args)
             pipeline.impute_stage(args)
+        pipeline.impute_stage(Namespace(**common, compressor="zstd", label="copying", copying=True))
     (work / "parts.tsv").write_text("encode-zstd\tok\t3\nfit-none\ttimeout after 90 s\t90\n")
     out.mkdir()
     pipeline.report(Namespace(work=work, out=out))
@@ -48,6 +49,8 @@ def test_stages_add_rows_and_the_report_gathers_every_part(tmp_path):
         assert data["pipeline"]["fit"][compressor]["steps"] == 2
         assert 0.0 <= data["pipeline"]["fit"][compressor]["data_wait"] <= 1.0
         assert data["pipeline"]["impute"][compressor]["genotypes_per_s"] > 0
+    copying = data["pipeline"]["impute"]["copying"]
+    assert copying["genotypes_per_s"] > 0 and copying["stages"]["copying model"] > 0
     text = (out / "gpu-bench.md").read_text()
     assert "| fit-none | timeout after 90 s | 90 |" in text
     assert "| zstd | False |" in text and "| none | True |" in text

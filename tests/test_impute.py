@@ -114,3 +114,28 @@ def test_output_does_not_depend_on_how_queries_are_batched(split, tmp_path, batc
     with gzip.open(out, "rt") as batched, gzip.open(split["imputed"], "rt") as default:
         assert batched.read() == default.read()
     assert report.stages["copying model"] > 0 and report.stages["network"] > 0
+
+
+def test_cli_imputes_with_the_copying_model_alone(split, tmp_path):
+    """`--model copying` needs no fit: every panel site once, typed genotypes kept, and imputed dosages as good as
+    the trained model's (whose untrained prior is this very P(ALT)) within 0.05 r2 over the untyped sites."""
+    out = tmp_path / "copying.vcf.gz"
+    result = CliRunner().invoke(app, ["impute", str(split["target"]), "--store", split["store"], "--model", "copying",
+                                      "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "copying model" in result.output
+    store = open_store(split["store"])
+    copying, trained = read_imputed(str(out)), read_imputed(str(split["imputed"]))
+    assert copying.keys == trained.keys and len(copying.keys) < store.plan.n_sites  # the untyped sites
+    truth = read_truth(str(split["truth"]))
+    rows = np.array([truth.index[key] for key in copying.keys])
+    cols = [list(truth.sample_ids).index(s) for s in copying.sample_ids]
+    counts = truth.counts[rows][:, cols].astype(float)
+    known = counts >= 0
+    r2 = {name: np.corrcoef(found.dosage[known], counts[known])[0, 1] ** 2
+          for name, found in (("copying", copying), ("trained", trained))}
+    assert r2["copying"] > 0.5 and abs(r2["copying"] - r2["trained"]) < 0.05, r2
+    typed = {r.POS: r.genotype.array()[:, :2] for r in cyvcf2.VCF(str(split["target"]))}
+    for record in cyvcf2.VCF(str(out)):
+        if not record.INFO.get("IMP"):
+            assert np.array_equal(record.genotype.array()[:, :2], typed[record.POS])

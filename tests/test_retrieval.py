@@ -8,7 +8,15 @@ import faiss  # noqa: F401 - installed by `make test` (extra [cpu]): these tests
 import numpy as np
 import pytest
 
-from ragtrain.retrieval import MATCH_BUCKETS, WindowIndex, encode_pm1, match_buckets, own_haplotypes, retrieve
+from ragtrain.retrieval import (
+    MATCH_BUCKETS,
+    WindowIndex,
+    encode_pm1,
+    local_nearest,
+    match_buckets,
+    own_haplotypes,
+    retrieve,
+)
 from stores.errors import UserError
 
 BACKENDS = ["faiss", "torch"]
@@ -169,3 +177,22 @@ def test_missing_faiss_is_one_line_naming_the_option(monkeypatch):
     with pytest.raises(UserError, match=r"^--retrieval: faiss is asked for but not installed; fix: .*--retrieval torch"):
         WindowIndex(ref, backend="faiss")
     assert WindowIndex(ref, backend="auto").backend == "torch"  # auto falls back to the exact torch path
+
+
+def test_local_nearest_equals_an_exact_search_of_every_block():
+    """Each block's k nearest over the block and `flank` observed sites each side, as one exact search of those
+    columns would return them (ties by lower id, own haplotypes excluded)."""
+    rng = np.random.default_rng(4)
+    ref = rng.integers(0, 2, size=(60, 300)).astype(np.int8)
+    queries = np.where(rng.random((5, 300)) < 0.15, rng.integers(0, 2, size=(5, 300)), -1).astype(np.int8)
+    queries[:, 200:] = np.where(queries[:, 200:] >= 0, ref[7, 200:], -1)  # ties and a clear winner on the right
+    exclude = np.array([[0, 1], [2, 3], [-1, -1], [7, -1], [10, 11]])
+    found = local_nearest(ref, queries, 4, block=50, flank=6, exclude=exclude)
+    seen = np.flatnonzero((queries >= 0).any(axis=0))
+    assert found.shape == (5, 6 * 4)
+    for j, start in enumerate(range(0, 300, 50)):
+        lo = max(0, int(np.searchsorted(seen, start)) - 6)
+        columns = seen[lo:int(np.searchsorted(seen, start + 50)) + 6]
+        expected, _ = WindowIndex(ref[:, columns], backend="torch").search(queries[:, columns], 4, exclude=exclude)
+        np.testing.assert_array_equal(found[:, 4 * j:4 * j + 4], expected)
+    assert all(7 in found[b, -4:] for b in (0, 1, 2, 4)) and 7 not in found[3]
