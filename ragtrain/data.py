@@ -282,10 +282,10 @@ class BatchBuilder:
         return np.where(allowed, states, states[:, :1]), allowed
 
     def copy(self, batch: Batch, window: int, inside: slice, key_observed: np.ndarray,
-             query_ids: np.ndarray) -> np.ndarray:
+             query_ids: np.ndarray) -> np.ndarray | None:
         """Read the window from its segment's copying pass: set batch.copy_prob and batch.neighbour_weight, and
         return the k haplotypes [B, k] each query copies most inside the window (ties: the nearer state by
-        Hamming)."""
+        Hamming); without retrieval (rag_mode none) only copy_prob."""
         result = self.copying_pass(window, key_observed, query_ids)
         b, n, length, k = len(query_ids), inside.stop - inside.start, self.plan.length, self.retrieval.k
         with self.clock.stage("copying model"):
@@ -293,11 +293,13 @@ class BatchBuilder:
             at = result.at(inside)
             prob = torch.full((b, length), 0.5, dtype=torch.float32)
             prob[:, :n] = at.alt_probability(result.state_alleles(window_alleles)).cpu()
+            batch.copy_prob = prob
+            if self.rag_mode == "none":  # no neighbours to choose or describe
+                return None
             chosen = torch.sort(at.mass(), dim=1, descending=True, stable=True).indices[:, :k]  # [B, k]
             weight = torch.full((b, k, length), WEIGHT_BUCKETS - 1, dtype=torch.int64)
             weight[:, :, :n] = weight_buckets(at.weights(chosen)).cpu()
             ids = result.states.gather(1, chosen).cpu().numpy()
-        batch.copy_prob = prob
         batch.neighbour_weight = weight
         return ids.astype(np.int64)
 
