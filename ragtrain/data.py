@@ -266,20 +266,25 @@ class BatchBuilder:
         """Each query's states over the window's key span: its `states` nearest haplotypes by Hamming distance over
         all its observed sites there, and, for every window-length block of the span, its `local_states` nearest
         over the block and `local_flank` observed sites each side (haplotypes that match it well somewhere, as
-        IMPUTE5's and Beagle's local matches do), own sample excluded. Distinct ids in ascending order, padded
-        with disallowed states: int64 [B, N] states and bool [B, N] allowed."""
+        IMPUTE5's and Beagle's local matches do), own sample excluded; at most 2 x `states` of them (the nearest
+        over the span first). Distinct ids in ascending order, padded with disallowed states to that one width
+        for every query, so that no query's sums depend on the others': int64 [B, N] states, bool [B, N] allowed."""
         spec, exclude = self.retrieval, self.queries.exclude[query_ids]
         picks = [self.nearest(window, observed, query_ids, spec.states)]
         count = min(spec.local_states, self.store.n_haplotypes - exclude.shape[1])
         if count > 0:
             picks.append(local_nearest(self.panel.span(self.key_span(window)), observed, count, self.plan.length,
                                        spec.local_flank, exclude))
-        chosen = np.sort(np.concatenate(picks, axis=1), axis=1)
-        distinct = np.ones(chosen.shape, dtype=bool)
-        distinct[:, 1:] = chosen[:, 1:] != chosen[:, :-1]
-        order = np.argsort(~distinct, axis=1, kind="stable")[:, :int(distinct.sum(axis=1).max())]
-        states, allowed = np.take_along_axis(chosen, order, axis=1), np.take_along_axis(distinct, order, axis=1)
-        return np.where(allowed, states, states[:, :1]), allowed
+        picked = np.concatenate(picks, axis=1)  # nearest over the span first, then each block's
+        width = min(2 * spec.states, self.store.n_haplotypes)  # the same for every query: sums round alike
+        states = np.zeros((len(query_ids), width), dtype=np.int64)
+        allowed = np.zeros((len(query_ids), width), dtype=bool)
+        for row, ids in enumerate(picked):
+            _, first = np.unique(ids, return_index=True)
+            mine = np.sort(ids[np.sort(first)[:width]])  # the first `width` distinct, in id order
+            states[row, :mine.size], allowed[row, :mine.size] = mine, True
+            states[row, mine.size:] = mine[0]
+        return states, allowed
 
     def copy(self, batch: Batch, window: int, inside: slice, key_observed: np.ndarray,
              query_ids: np.ndarray) -> np.ndarray | None:

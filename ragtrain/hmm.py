@@ -113,8 +113,9 @@ class WindowCopying:
         return self._mix(picked).transpose(1, 2)
 
 
-def switch_probabilities(cm: np.ndarray | torch.Tensor, ne: float, n_haplotypes: int):
-    """r = 1 - exp(-4 Ne d / H) between consecutive positions cm [..., M] (centiMorgans): [..., M - 1]."""
+def switch_probabilities(cm: np.ndarray | torch.Tensor, ne: float, n_haplotypes):
+    """r = 1 - exp(-4 Ne d / H) between consecutive positions cm [..., M] (centiMorgans): [..., M - 1]; H a
+    number, or one a row ([..., 1])."""
     if isinstance(cm, np.ndarray):
         morgans = np.maximum(np.diff(cm, axis=-1), 0.0) / 100.0
         return -np.expm1(-4.0 * ne * morgans / n_haplotypes)
@@ -158,12 +159,13 @@ def copying(alleles: torch.Tensor, observed: torch.Tensor, cm: torch.Tensor, sta
     if allowed is None:
         allowed = torch.ones((b, n_states), dtype=torch.bool, device=device)
     allowed_f = allowed.to(torch.float32)
-    jump = allowed_f / allowed_f.sum(dim=1, keepdim=True).clamp(min=1)  # [B, N]
+    n_allowed = allowed_f.sum(dim=1, keepdim=True).clamp(min=1)  # [B, 1]: each query's own state count
+    jump = allowed_f / n_allowed  # [B, N]
 
     query = observed.gather(1, obs)  # [B, M]
     match = _state_alleles_at_steps(alleles, obs, states) == query.T[:, :, None]  # bool [M, B, N]
     obs_cm = cm[obs]  # [B, M]
-    r = switch_probabilities(obs_cm, ne, n_states).to(torch.float32)  # [B, M-1]
+    r = switch_probabilities(obs_cm, ne, n_allowed).to(torch.float32)  # [B, M-1]
     r = torch.where(real[:, 1:], r, 0.0)[..., None]  # padded steps do not switch
     stay = 1 - r
     pad = ~real.T[:, :, None]  # [M, B, 1]

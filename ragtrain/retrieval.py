@@ -42,7 +42,7 @@ class RetrievalSpec:
     model's states, each query's nearest haplotypes by Hamming distance over the span (0: every haplotype),
     joined by local_states: its nearest over each window-length block of the span and local_flank observed
     sites each side (haplotypes that match well somewhere; IMPUTE5 and Beagle choose states by local matches
-    too); ne, mismatch: the copying model's effective population size and allele
+    too), at most 2 x states in all; ne, mismatch: the copying model's effective population size and allele
     mismatch probability; match_features: give the model
     each neighbour's match length around each site (`match_buckets`); backend: FAISS or torch for Hamming
     search, which return identical neighbours (so it may differ between fit and impute).

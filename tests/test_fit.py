@@ -433,3 +433,25 @@ def test_targets_training_reuses_one_copying_pass_for_a_block_over_its_windows(s
         builder.build(epoch, window, ids)
         passes.append(id(builder._pass))
     assert len(set(passes)) == 1
+
+
+def test_a_querys_copying_model_does_not_depend_on_the_queries_beside_it(store_path):
+    """Each query's states (its nearest and each window's local nearest) and switch rate are its own: the same
+    P(ALT), neighbours and weights whether it is built with every other query or in a batch of three."""
+    store = open_store(store_path)
+    haps = store.alleles()
+    queries = panel_queries(haps, split_samples(haps.shape[0] // 2, 0.2, seed=1)[0])
+    spec = RetrievalSpec(k=4, states=12, local_states=4, local_flank=5)
+    typed = np.zeros(store.plan.n_sites, dtype=bool)
+    typed[::3] = True
+
+    def build(ids):
+        return BatchBuilder(store, haps, queries, retrieval=spec, rag_mode="precomputed", typed=typed).build(0, 3, ids)
+
+    together = build(np.arange(24))
+    assert together.neighbour_ids.shape == (24, 4)
+    for part in (np.arange(3), np.arange(9, 12), np.arange(21, 24)):
+        alone = build(part)
+        np.testing.assert_array_equal(alone.copy_prob.numpy(), together.copy_prob.numpy()[part])
+        np.testing.assert_array_equal(alone.neighbour_ids, together.neighbour_ids[part])
+        np.testing.assert_array_equal(alone.neighbour_weight.numpy(), together.neighbour_weight.numpy()[part])

@@ -27,8 +27,8 @@ def brute_force_posteriors(alleles, query, cm, ne, mismatch, allowed):
     """P(copying h at observed site m | query) by summing over every path of states."""
     n_hap = alleles.shape[0]
     obs = np.flatnonzero(query >= 0)
-    r = switch_probabilities(cm[obs], ne, n_hap)
     states = np.flatnonzero(allowed)
+    r = switch_probabilities(cm[obs], ne, states.size)  # a switch goes to one of the allowed states
     post = np.zeros((obs.size, n_hap))
     for path in itertools.product(states, repeat=obs.size):
         p = 1.0 / states.size
