@@ -29,23 +29,19 @@ class CopyingPass:
     """Posterior copying probabilities of a block of B queries over one span of S sites.
 
     gamma [M, B, N]: step-major posteriors at each query's M observed steps (padded steps repeat the last one)
-    over its N states (`states` [B, N] haplotype ids of the span's panel; `allowed` False for a state the query
-    may not copy). `before` [B, S]: how many of the query's observed sites lie at or before each site, less one;
-    `cm` [S] genetic positions, `obs_cm` [B, M] those of the observed steps.
+    over its N states (`states` [B, N] haplotype ids of the span's panel; `every_haplotype`: every query's
+    states are all the span's haplotypes in order). `before` [B, S]: how many of the query's observed sites lie
+    at or before each site, less one; `cm` [S] genetic positions, `obs_cm` [B, M] those of the observed steps.
     """
 
     gamma: torch.Tensor
     states: torch.Tensor
-    allowed: torch.Tensor
+    every_haplotype: bool
     before: torch.Tensor
     seen: torch.Tensor
     counts: torch.Tensor
     cm: torch.Tensor
     obs_cm: torch.Tensor
-
-    @property
-    def device(self) -> torch.device:
-        return self.gamma.device
 
     def at(self, sites: slice) -> WindowCopying:
         """The copying probabilities at some sites of the span (a window), each interpolated linearly in genetic
@@ -62,15 +58,12 @@ class CopyingPass:
         first = int(left.min()) if left.numel() else 0
         stop = int(right.max()) + 1 if right.numel() else 1
         rows = self.gamma[first:stop].transpose(0, 1)  # [B, R, N]: the steps the sites lie between
-        return WindowCopying(rows, left - first, right - first, t, self.states)
+        return WindowCopying(rows, left - first, right - first, t)
 
     def state_alleles(self, alleles: torch.Tensor) -> torch.Tensor:
         """[B, N, n]: the alleles each query's states carry at some sites of the span (alleles [H, n]); [H, n]
         itself when every query's states are every haplotype in order."""
-        if self.states.shape[1] == alleles.shape[0] and bool((self.states == self.states[:1]).all()) and bool(
-                (self.states[0] == torch.arange(alleles.shape[0], device=self.states.device)).all()):
-            return alleles
-        return alleles[self.states]
+        return alleles if self.every_haplotype else alleles[self.states]
 
 
 @dataclass
@@ -82,7 +75,6 @@ class WindowCopying:
     left: torch.Tensor
     right: torch.Tensor
     t: torch.Tensor
-    states: torch.Tensor
 
     def _mix(self, at_rows: torch.Tensor) -> torch.Tensor:
         """[B, n, c]: per-row values [B, R, c] interpolated at each chosen site."""
@@ -196,7 +188,9 @@ def copying(alleles: torch.Tensor, observed: torch.Tensor, cm: torch.Tensor, sta
         post = gamma[m] * beta
         gamma[m] = post / post.sum(dim=1, keepdim=True)
     before = torch.cumsum(seen, dim=1) - 1
-    return CopyingPass(gamma, states, allowed, before, seen, counts, cm, obs_cm)
+    every_haplotype = n_states == alleles.shape[0] and bool(
+        (states == torch.arange(n_states, device=device)).all())  # once a pass, not once a window
+    return CopyingPass(gamma, states, every_haplotype, before, seen, counts, cm, obs_cm)
 
 
 def weight_buckets(weights: torch.Tensor) -> torch.Tensor:

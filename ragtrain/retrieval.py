@@ -210,29 +210,34 @@ class WindowIndex:
 
     @torch.no_grad()
     def _exact(self, encoded: np.ndarray, k: int, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k over all haplotypes with torch: integer keys score * H + (H - 1 - id) are unique, so
-        topk's order is total and deterministic (higher score, then lower id)."""
+        """Exact top-k over all haplotypes with torch (`_ranking_keys`: higher score, then lower id)."""
         if self._ref_torch is None:
             self._ref_torch = torch.from_numpy(self._ref).to(self.device)
         ref, n_hap = self._ref_torch, self.n_haplotypes
-        tiebreak = (n_hap - 1) - torch.arange(n_hap, device=ref.device)
         chunk = max(1, _CHUNK_ELEMENTS // n_hap)
         out_ids, out_scores = [], []
         with torch.autocast(ref.device.type, enabled=False):  # bf16 outputs would round scores above 256
             for start in range(0, encoded.shape[0], chunk):
                 q = torch.from_numpy(encoded[start : start + chunk]).to(ref.device)
                 scores = torch.round(q @ ref.T).to(torch.int64)
-                keys = scores * n_hap + tiebreak
-                if exclude is not None:
-                    ex = torch.from_numpy(exclude[start : start + chunk]).to(ref.device)
-                    ex = torch.where(ex >= 0, ex, n_hap)  # ignored ids go to a dummy column
-                    banned = torch.zeros((q.shape[0], n_hap + 1), dtype=torch.bool, device=ref.device)
-                    banned.scatter_(1, ex, True)
-                    keys.masked_fill_(banned[:, :n_hap], torch.iinfo(torch.int64).min)
-                top = keys.topk(k, dim=1).indices
+                part = None if exclude is None else exclude[start : start + chunk]
+                top = _ranking_keys(scores, part).topk(k, dim=1).indices
                 out_ids.append(top.cpu())
                 out_scores.append(scores.gather(1, top).cpu())
         return torch.cat(out_ids).numpy(), torch.cat(out_scores).numpy().astype(np.float32)
+
+
+def _ranking_keys(scores: torch.Tensor, exclude: np.ndarray | None) -> torch.Tensor:
+    """int64 keys of scores [..., Q, H] whose top-k is the exact ranking: score * H + (H - 1 - id) are unique, so
+    topk's order is total and deterministic (higher score, then lower id); excluded ids [Q, m] (negative:
+    ignored) rank last."""
+    n_hap = scores.shape[-1]
+    keys = scores * n_hap + ((n_hap - 1) - torch.arange(n_hap, device=scores.device))
+    if exclude is not None and exclude.size:
+        ex = torch.from_numpy(np.where(exclude >= 0, exclude, n_hap)).to(scores.device)  # ignored: a dummy column
+        banned = torch.zeros((ex.shape[0], n_hap + 1), dtype=torch.bool, device=scores.device).scatter_(1, ex, True)
+        keys.masked_fill_(banned[:, :n_hap], torch.iinfo(torch.int64).min)
+    return keys
 
 
 @torch.no_grad()
@@ -255,11 +260,6 @@ def local_nearest(ref_alleles: np.ndarray, queries: np.ndarray, k: int, block: i
     edges = np.unique(np.concatenate([[0, seen.size], lo, hi]))
     ref = torch.from_numpy(encode_pm1(ref_alleles[:, seen]))  # [H, C]
     query = torch.from_numpy(encode_pm1(queries[:, seen]))  # [Q, C]
-    tiebreak = (n_hap - 1) - torch.arange(n_hap)
-    banned = torch.zeros((query.shape[0], n_hap + 1), dtype=torch.bool)
-    if exclude is not None and exclude.size:
-        banned.scatter_(1, torch.from_numpy(np.where(exclude >= 0, exclude, n_hap)), True)
-    banned = banned[:, :n_hap]
     at_lo, at_hi = torch.from_numpy(np.searchsorted(edges, lo)), torch.from_numpy(np.searchsorted(edges, hi))
     rows = max(1, max_scores // max(1, n_hap * len(edges)))
     out = []
@@ -270,8 +270,8 @@ def local_nearest(ref_alleles: np.ndarray, queries: np.ndarray, k: int, block: i
             stretch = slice(int(edges[i - 1]), int(edges[i]))
             prefix[i] = prefix[i - 1] + q[:, stretch] @ ref[:, stretch].T
         scores = torch.round(prefix[at_hi] - prefix[at_lo]).to(torch.int64)  # [blocks, q, H]
-        keys = (scores * n_hap + tiebreak).masked_fill_(banned[first:first + rows][None], torch.iinfo(torch.int64).min)
-        out.append(keys.topk(k, dim=2).indices.permute(1, 0, 2).reshape(q.shape[0], -1))
+        part = None if exclude is None else exclude[first:first + rows]
+        out.append(_ranking_keys(scores, part).topk(k, dim=2).indices.permute(1, 0, 2).reshape(q.shape[0], -1))
     return torch.cat(out, dim=0).numpy()
 
 
