@@ -297,7 +297,7 @@ class BatchBuilder:
             window_alleles = torch.from_numpy(self.panel.span(self.plan.sites(window))).to(self.device)
             at = result.at(inside)
             prob = torch.full((b, length), 0.5, dtype=torch.float32)
-            prob[:, :n] = at.alt_probability(result.state_alleles(window_alleles)).cpu()
+            prob[:, :n] = at.alt_probability(window_alleles, None if result.every_haplotype else result.states).cpu()
             batch.copy_prob = prob
             if self.rag_mode == "none":  # no neighbours to choose or describe
                 return None

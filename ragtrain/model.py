@@ -115,23 +115,38 @@ class MemoryFusion(nn.Module):
         self.attn = Attention(bert.d_model, bert.n_heads, bert.dropout, d_kv=bert.d_memory)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        b, k, length, _ = memory.shape
+        """memory: [B, L, k, d_mem] site-major for aligned fusion (each site's neighbours together), [B, k, L,
+        d_mem] for full."""
         q = self.ln_query(x)
         if self.fusion == "aligned":
             return x + self._aligned(q, memory)
+        b, k, length, _ = memory.shape
         mask = None if valid is None else attention_mask(valid[:, None, :].expand(b, k, length).reshape(b, k * length))
         return x + self.attn(q, mask, memory.reshape(b, k * length, -1))
 
     def _aligned(self, q: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """Each site attends to the k neighbours at the same site: scores [B, k, L, heads], O(L k)."""
+        """Each site attends to the k neighbours at the same site (memory [B, L, k, d_mem]): O(L k).
+
+        Keys and values are linear in the memory, so they are never built: each head's query is carried into
+        the memory dim (q W_k), its score is a dot product there, and the heads' memory mixes pass through W_v
+        and the output projection at once. The same sums as projecting every neighbour (the key bias is one
+        constant a site and head, which softmax over k drops), at a small part of the cost when d_mem is small
+        beside k x d_model; gradients reach the same weights."""
         attn, heads = self.attn, self.attn.n_heads
-        query = attn.q(q).unflatten(-1, (heads, -1))  # [B, L, h, dh]
-        key, value = (t.unflatten(-1, (heads, -1)) for t in attn.kv(memory).chunk(2, dim=-1))  # [B, k, L, h, dh]
-        # elementwise products and sums over k, in the memory's own layout: 4x faster on the CPU than einsum,
-        # whose permuted copies and tiny matmuls (k x head dim) cost more than the arithmetic
-        scores = (query[:, None] * key).sum(dim=-1) * query.shape[-1] ** -0.5  # [B, k, L, h]
-        weights = F.dropout(scores.softmax(dim=1), attn.dropout, self.training)
-        return attn.out((weights[..., None] * value).sum(dim=1).flatten(2))
+        d_model = q.shape[-1]
+        w_k, w_v = attn.kv.weight.unflatten(0, (2, heads, -1))  # each [h, dh, d_mem]
+        b_v = attn.kv.bias[d_model:].unflatten(0, (heads, -1))  # [h, dh]
+        head_dim = w_k.shape[1]
+        query = attn.q(q).unflatten(-1, (heads, head_dim))  # [B, L, h, dh]
+        query = torch.einsum("blhe,hem->blhm", query, w_k) * head_dim ** -0.5  # [B, L, h, d_mem]
+        scores = torch.matmul(memory, query.transpose(-1, -2))  # [B, L, k, h]: one small matmul a site
+        weights = F.dropout(scores.softmax(dim=-2), attn.dropout, self.training)
+        mixed = torch.matmul(weights.transpose(-1, -2), memory)  # [B, L, h, d_mem]
+        out_w = attn.out.weight.unflatten(1, (heads, head_dim))  # [D, h, dh]
+        through = torch.einsum("dhe,hem->dhm", out_w, w_v).flatten(1)  # [D, h * d_mem]
+        value_bias = torch.einsum("dhe,he->hd", out_w, b_v)  # [h, D]: W_out's share of each head's W_v bias
+        # weights sum to one over k, less what dropout drops: each head's value bias counts as much as is left
+        return F.linear(mixed.flatten(2), through, attn.out.bias) + weights.sum(dim=-2) @ value_bias
 
 
 class RagImputer(nn.Module):
@@ -164,6 +179,8 @@ class RagImputer(nn.Module):
             memory = self.online_memory(neighbour_tokens, af, valid)
         if self.neighbour_memory is not None:
             memory = self.neighbour_memory(memory, neighbour_tokens, neighbour_match, neighbour_weight)
+            if self.config.fusion == "aligned":  # once for every fused layer
+                memory = memory.transpose(1, 2).contiguous()
 
         def fuse(layer: int, x: torch.Tensor) -> torch.Tensor:
             return self.fusions[str(layer)](x, memory, valid) if str(layer) in self.fusions else x

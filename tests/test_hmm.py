@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import torch
 
+from ragtrain import hmm
 from ragtrain.hmm import WEIGHT_BUCKETS, copying, switch_probabilities, weight_buckets
 
 
@@ -20,7 +21,7 @@ def run(alleles, query, cm, states=None, allowed=None, **kwargs):
 
 def alt_probability(result, sites: slice, alleles) -> np.ndarray:
     """float [B, n]: the pass's P(ALT) at `sites` (alleles [H, n] at those sites)."""
-    return result.at(sites).alt_probability(result.state_alleles(torch.as_tensor(alleles))).numpy()
+    return result.at(sites).alt_probability(torch.as_tensor(alleles), None if result.every_haplotype else result.states).numpy()
 
 
 def brute_force_posteriors(alleles, query, cm, ne, mismatch, allowed):
@@ -117,7 +118,7 @@ def test_switch_probability_grows_with_distance_and_ne():
     np.testing.assert_allclose(switch_probabilities(torch.as_tensor(cm), 1e3, 100).numpy(), low)
 
 
-def test_per_query_states_equal_the_copying_model_over_those_haplotypes_alone():
+def test_per_query_states_equal_the_copying_model_over_those_haplotypes_alone(monkeypatch):
     rng = np.random.default_rng(5)
     alleles = rng.integers(0, 2, size=(30, 60)).astype(np.int8)
     query = np.where(rng.random((3, 60)) < 0.3, rng.integers(0, 2, size=(3, 60)), -1).astype(np.int8)
@@ -131,3 +132,5 @@ def test_per_query_states_equal_the_copying_model_over_those_haplotypes_alone():
         np.testing.assert_allclose(result.gamma[:n, b].numpy(), alone.gamma[:n, 0].numpy(), rtol=1e-5, atol=1e-7)
         p_alone = alt_probability(alone, slice(10, 50), alleles[states[b], 10:50])
         np.testing.assert_allclose(p[b], p_alone[0], rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(hmm, "HAPLOTYPE_SPACE", 0)  # the states' alleles gathered, not the haplotypes' summed
+    np.testing.assert_allclose(alt_probability(result, slice(10, 50), alleles[:, 10:50]), p, rtol=1e-5, atol=1e-7)
