@@ -1,4 +1,5 @@
-"""`ragprep encode`: every reference haplotype window once through a frozen encoder, into a Zarr store."""
+"""`ragprep encode`: every distinct reference haplotype of every window once through a frozen encoder, into a
+Zarr store."""
 
 from __future__ import annotations
 
@@ -111,6 +112,16 @@ def encode_window(bert: Bert, alleles: np.ndarray, af: np.ndarray, length: int, 
     return out
 
 
+def distinct_haplotypes(alleles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A window's distinct haplotypes (alleles [H, n]) in order of first appearance, [u, n], and each
+    haplotype's row among them, int64 [H]: what the store keeps (equal alleles, equal embeddings)."""
+    _, first, inverse = np.unique(alleles, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return alleles[first[order]], rank[inverse.reshape(-1)]
+
+
 def load_encoder(options: EncodeOptions) -> tuple[Bert, str]:
     if options.encoder:
         return load_bert_checkpoint(options.encoder), str(options.encoder)
@@ -162,11 +173,12 @@ def encode(vcf: str, out: str, options: EncodeOptions) -> EncodeReport:
         for window in todo:
             t0 = time.perf_counter()
             span = plan.sites(window)
-            memory = encode_window(bert, panel.alleles[span].T, af[span], plan.length, options.batch_size, device)
+            distinct, rows = distinct_haplotypes(panel.alleles[span].T)
+            memory = encode_window(bert, distinct, af[span], plan.length, options.batch_size, device)
             encoder_seconds += time.perf_counter() - t0
             if pending is not None:
                 write_seconds += pending.result()
-            pending = pool.submit(_write, writer, window, memory, options.memory_dtype)
+            pending = pool.submit(_write, writer, window, memory, rows, options.memory_dtype)
             sites += panel.n_haplotypes * int(plan.lengths[window])
             elapsed = time.perf_counter() - started
             progress.update(task, advance=1, rate=f"{sites / elapsed:,.0f} haplotype-sites/s")
@@ -178,11 +190,11 @@ def encode(vcf: str, out: str, options: EncodeOptions) -> EncodeReport:
                         encoder_seconds, write_seconds, str(device))
 
 
-def _write(writer: StoreWriter, window: int, memory: np.ndarray, dtype: str) -> float:
+def _write(writer: StoreWriter, window: int, memory: np.ndarray, rows: np.ndarray, dtype: str) -> float:
     t0 = time.perf_counter()
     if dtype == "int8":
         values, scales = quantize_int8(memory)
-        writer.write_window(window, values, scales)
+        writer.write_window(window, values, rows, scales)
     else:
-        writer.write_window(window, memory.astype(np.float16))
+        writer.write_window(window, memory.astype(np.float16), rows)
     return time.perf_counter() - t0

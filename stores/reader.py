@@ -53,16 +53,19 @@ class EmbeddingStore:
         if not isinstance(attrs, dict):
             raise UserError(url, "a Zarr group but not a ragsnv store", "create one with `ragprep encode`")
         version = attrs.get("format_version")
-        if version != schema.FORMAT_VERSION:
-            raise UserError(url, f"store format version {version}, this ragsnv reads version {schema.FORMAT_VERSION}",
-                            "re-encode it with `ragprep encode --overwrite`")
-        missing = [name for name in REQUIRED if name not in self.group]
+        if version not in schema.READABLE_VERSIONS:
+            raise UserError(url, f"store format version {version}, this ragsnv reads versions "
+                            f"{', '.join(map(str, schema.READABLE_VERSIONS))}", "re-encode it with `ragprep encode --overwrite`")
+        required = REQUIRED + ((schema.EMBEDDING_ROW,) if version >= 2 else ())
+        missing = [name for name in required if name not in self.group]
         if missing:
             raise UserError(url, f"store lacks arrays {missing}", "re-encode it with `ragprep encode --overwrite`")
         self.meta = schema.StoreMeta.from_dict(attrs)
         self._check_plan()
         self.embeddings = self.group[schema.EMBEDDINGS]
         self.scales = self.group[schema.EMBEDDING_SCALE] if self.meta.memory_dtype == "int8" else None
+        self.rows = self.group.get(schema.EMBEDDING_ROW)
+        self._window_rows = lru_cache(maxsize=1024)(self._read_rows)
         self.mmap = use_mmap and is_local(self.url) and self.meta.compressor == "none" and not self.meta.sharded
         self._chunk = lru_cache(maxsize=8192)(self._open_chunk)
         self._decoded = threading.local()  # the chunks of the window read last, per thread (see _block)
@@ -144,22 +147,43 @@ class EmbeddingStore:
         ids = np.asarray(haplotypes, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.n_haplotypes):
             raise IndexError(f"haplotype ids must be in 0..{self.n_haplotypes - 1}")  # a caller's bug
-        scales = None if self.scales is None else self._gather(schema.EMBEDDING_SCALE, window, ids)
-        return MemoryBlock(self._gather(schema.EMBEDDINGS, window, ids), scales)
+        rows = self.window_rows(window)[ids]
+        scales = None if self.scales is None else self._gather(schema.EMBEDDING_SCALE, window, rows)
+        return MemoryBlock(self._gather(schema.EMBEDDINGS, window, rows), scales)
 
     def read_window(self, window: int) -> MemoryBlock:
         """Every haplotype's embeddings in one window: [H, L, d]."""
-        scales = None if self.scales is None else np.asarray(self.scales[window])
-        return MemoryBlock(np.asarray(self.embeddings[window]), scales)
+        rows = self.window_rows(window)
+        distinct = int(rows.max()) + 1
+        scales = None if self.scales is None else np.asarray(self.scales[window, :distinct])[rows]
+        return MemoryBlock(np.asarray(self.embeddings[window, :distinct])[rows], scales)
 
-    def _gather(self, name: str, window: int, ids: np.ndarray) -> np.ndarray:
+    def window_rows(self, window: int) -> np.ndarray:
+        """int64 [H]: the embeddings row holding each haplotype in `window` (equal haplotypes share one)."""
+        return self._window_rows(window)
+
+    def _read_rows(self, window: int) -> np.ndarray:
+        if self.rows is None:  # format 1: one row a haplotype
+            return np.arange(self.n_haplotypes, dtype=np.int64)
+        return np.asarray(self.rows[window], dtype=np.int64)
+
+    def distinct_fraction(self) -> float:
+        """Distinct haplotypes a window over all haplotypes, averaged over the windows written (1 in format 1)."""
+        done = self.windows_done()
+        if self.rows is None or not done.any():
+            return 1.0
+        rows = np.asarray(self.rows[:])[done]
+        return float(((rows.max(axis=1) + 1) / self.n_haplotypes).mean())
+
+    def _gather(self, name: str, window: int, rows: np.ndarray) -> np.ndarray:
+        """Stored rows [n] (any order, repeats allowed) of `name` in `window`, one chunk at a time."""
         block = self.meta.hap_block
         dtype, rest = self._chunk_layout(name)
-        out = np.empty((ids.size, *rest), dtype=dtype)
-        blocks = ids // block
+        out = np.empty((rows.size, *rest), dtype=dtype)
+        blocks = rows // block
         for b in np.unique(blocks):
-            rows = np.nonzero(blocks == b)[0]
-            out[rows] = self._block(name, window, int(b))[ids[rows] - b * block]
+            picked = np.nonzero(blocks == b)[0]
+            out[picked] = self._block(name, window, int(b))[rows[picked] - b * block]
         return out
 
     def _block(self, name: str, window: int, block: int) -> np.ndarray:
@@ -210,7 +234,8 @@ class EmbeddingStore:
             "encoder_fingerprint": meta.encoder_fingerprint, "encoder_source": meta.encoder_source,
             "d_model": meta.d_model, "d_memory": meta.d_memory, "n_layers": meta.encoder_config.get("n_layers"),
             "n_heads": meta.encoder_config.get("n_heads"), "memory_dtype": meta.memory_dtype,
-            "compressor": meta.compressor, "sharded": meta.sharded, "embedding_bytes_on_disk": self.bytes_on_disk(),
+            "compressor": meta.compressor, "sharded": meta.sharded, "distinct_haplotypes": round(self.distinct_fraction(), 3),
+            "embedding_bytes_on_disk": self.bytes_on_disk(),
             "bytes_per_haplotype_site": round(self.bytes_per_haplotype_site(), 3), "source": meta.source_path,
             "source_sha256": meta.source_sha256, "tool_version": meta.tool_version,
         }

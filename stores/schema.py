@@ -12,15 +12,22 @@ A store is one Zarr v3 group = one panel + one encoder:
     call_genotype_phased bool  [variants, samples]         VCF Zarr
     window_start, window_length, window_core_start, window_core_end   int64 [windows]
     window_done          bool  [windows]  chunk = 1 window: set only after the window's embeddings are written
-    embeddings           f16|i8 [windows, haplotypes, L, d]  chunk = (1 window, hap_block haplotypes, L, d)
+    embedding_row        int32 [windows, haplotypes]  chunk = 1 window: the embeddings row of haplotype h's window
+    embeddings           f16|i8 [windows, haplotypes, L, d]  chunk = (1 window, hap_block rows, L, d)
     embedding_scale      f16   [windows, haplotypes, L]      int8 only: per-vector scale
+
+Haplotypes with the same alleles in a window have the same embeddings there (the encoder sees only the alleles
+and the window's allele frequencies), so each window stores its distinct haplotypes once, in order of first
+appearance, in rows 0..u-1 (chunks past them are never written); `embedding_row` maps every haplotype to its
+row. Format 1 stores (no `embedding_row`: row h is haplotype h) are still read.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 ATTRS_KEY = "ragsnv"
 
 CONTIG_ID = "contig_id"
@@ -37,6 +44,7 @@ WINDOW_CORE_START = "window_core_start"
 WINDOW_CORE_END = "window_core_end"
 WINDOW_DONE = "window_done"
 EMBEDDINGS = "embeddings"
+EMBEDDING_ROW = "embedding_row"
 VARIANT_GENETIC_POSITION = "variant_genetic_position"  # optional: cM of each site, from a genetic map
 
 UNIFORM_CM_PER_BP = 1e-6

@@ -81,6 +81,8 @@ def _populate(group: zarr.Group, meta: schema.StoreMeta, arrays: dict[str, np.nd
     group.create_array(schema.WINDOW_DONE, shape=(n_windows,), chunks=(1,), dtype=bool, fill_value=False)
     length, d, h, block = plan.length, meta.d_memory, meta.n_haplotypes, meta.hap_block
     compressors = ZstdCodec(level=3) if meta.compressor == "zstd" else None
+    group.create_array(schema.EMBEDDING_ROW, shape=(n_windows, h), chunks=(1, h), dtype="int32", fill_value=-1,
+                       compressors=compressors)
     block_shards = -(-h // block) * block
     common = {"compressors": compressors, "fill_value": 0, "config": {"write_empty_chunks": True}}
     group.create_array(
@@ -127,20 +129,26 @@ class StoreWriter:
         self.meta = meta
         self.embeddings = self.group[schema.EMBEDDINGS]
         self.scales = self.group[schema.EMBEDDING_SCALE] if meta.memory_dtype == "int8" else None
+        self.rows = self.group[schema.EMBEDDING_ROW]
         self.done = self.group[schema.WINDOW_DONE]
 
     def windows_done(self) -> np.ndarray:
         return np.asarray(self.done[:], dtype=bool)
 
-    def write_window(self, window: int, values: np.ndarray, scales: np.ndarray | None = None) -> None:
-        """values [H, L, d] in the store's dtype (and scales [H, L] for int8); then mark the window done.
-        A full or read-only disk is a UserError naming the store (which stays incomplete, and resumes)."""
+    def write_window(self, window: int, values: np.ndarray, rows: np.ndarray, scales: np.ndarray | None = None) -> None:
+        """The window's distinct haplotypes' values [u, L, d] in the store's dtype (and scales [u, L] for int8),
+        every haplotype's row among them (rows [H]); then mark the window done. A full or read-only disk is a
+        UserError naming the store (which stays incomplete, and resumes)."""
         if self.scales is not None and scales is None:
             raise ValueError("an int8 store needs per-vector scales")
+        if rows.shape != (self.meta.n_haplotypes,) or rows.min() < 0 or rows.max() != values.shape[0] - 1:
+            raise ValueError("rows must map every haplotype to a row of values, the last row included")
+        distinct = values.shape[0]
         try:
-            self.embeddings[window] = values
+            self.embeddings[window, :distinct] = values
             if self.scales is not None:
-                self.scales[window] = scales
+                self.scales[window, :distinct] = scales
+            self.rows[window] = rows.astype(np.int32)
             self.done[window] = True
         except OSError as err:
             user_error = environment_error(err, self.url)

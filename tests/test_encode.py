@@ -17,7 +17,7 @@ from conftest import TINY, TINY_CLI, assert_stores_equal, stray_entries, tiny_op
 from typer.testing import CliRunner
 
 from ragprep.cli import app
-from ragprep.encode import encode, encode_window
+from ragprep.encode import distinct_haplotypes, encode, encode_window
 from ragprep.model import build_bert
 from stores import UserError, open_store
 from stores.quantize import dequantize_int8, quantize_int8
@@ -50,6 +50,21 @@ def test_batches_do_not_change_embeddings(store_path):
         np.testing.assert_allclose(ones, whole[:12], rtol=1e-5, atol=1e-6)
         # the store holds exactly these values, rounded to fp16
         np.testing.assert_array_equal(store.read_window(window).values, whole.astype(np.float16))
+
+
+def test_each_window_keeps_its_distinct_haplotypes_once_in_order_of_first_appearance(store_path):
+    store = open_store(store_path)
+    alleles = np.array([[0, 1, 1], [1, 0, 0], [0, 1, 1], [1, 1, 1], [1, 0, 0]], dtype=np.int8)
+    distinct, rows = distinct_haplotypes(alleles)
+    np.testing.assert_array_equal(distinct, alleles[[0, 1, 3]])
+    np.testing.assert_array_equal(rows, [0, 1, 0, 2, 1])
+    for window in range(store.n_windows):
+        window_alleles = store.alleles(store.plan.sites(window))
+        rows = store.window_rows(window)
+        u = int(rows.max()) + 1
+        assert u == np.unique(window_alleles, axis=0).shape[0] < store.n_haplotypes  # one row each, fewer than H
+        for row in range(u):  # every haplotype of a row carries the same alleles
+            assert (window_alleles[rows == row] == window_alleles[rows == row][0]).all()
 
 
 # --- int8 -----------------------------------------------------------------------------------------------

@@ -92,8 +92,33 @@ def test_bytes_on_disk_and_inspect_json(stores):
     assert 0 < info["bytes_per_haplotype_site"] < 2 * store.d_memory  # zstd on fp16: below 2 bytes a dim
     assert info["memory_dtype"] == "float16" and info["d_memory"] == 8
     assert info["sites"] == store.positions.size
+    raw_store = open_store(stores["float16-none"])
     raw = json.loads(CliRunner().invoke(app, ["inspect", stores["float16-none"], "--json"]).stdout)
-    assert raw["bytes_per_haplotype_site"] >= 2 * store.d_memory  # uncompressed: 2 bytes a dim, plus padding
+    assert 0 < raw["distinct_haplotypes"] < 1 and raw["distinct_haplotypes"] == info["distinct_haplotypes"]
+    block = raw_store.meta.hap_block  # uncompressed: 2 bytes a dim, each window's distinct rows in whole chunks
+    chunks = sum(-(-(int(raw_store.window_rows(w).max()) + 1) // block) for w in range(raw_store.n_windows))
+    stored = chunks * block * raw_store.plan.length * 2 * raw_store.d_memory
+    assert stored <= raw_store.bytes_on_disk() < stored + 4096  # and the arrays' metadata
+
+
+def test_format_1_store_one_row_a_haplotype_is_still_read(store_path, tmp_path):
+    """A store written before haplotypes were deduplicated: every haplotype its own row, no embedding_row."""
+    store = open_store(store_path)
+    windows = [store.read_window(w) for w in range(store.n_windows)]
+    old = tmp_path / "v1.zarr"
+    shutil.copytree(store_path, old)
+    group = zarr.open_group(str(old), mode="r+")
+    for w, block in enumerate(windows):
+        group[schema.EMBEDDINGS][w] = block.values
+        if block.scales is not None:
+            group[schema.EMBEDDING_SCALE][w] = block.scales
+    del group[schema.EMBEDDING_ROW]
+    group.attrs[schema.ATTRS_KEY] = {**group.attrs[schema.ATTRS_KEY], "format_version": 1}
+    v1 = open_store(str(old))
+    assert v1.distinct_fraction() == 1.0 and store.distinct_fraction() < 1.0
+    for w in (0, store.n_windows - 1):
+        assert_blocks_equal(v1.read_window(w), windows[w])
+        assert_blocks_equal(v1.read_neighbours(w, IDS), store.read_neighbours(w, IDS))
 
 
 def test_other_format_version_is_refused(store_path, tmp_path):
@@ -101,7 +126,7 @@ def test_other_format_version_is_refused(store_path, tmp_path):
     shutil.copytree(store_path, copy)
     group = zarr.open_group(str(copy), mode="r+")
     group.attrs[schema.ATTRS_KEY] = {**group.attrs[schema.ATTRS_KEY], "format_version": 99}
-    with pytest.raises(UserError, match=r"format version 99, this ragsnv reads version 1; fix: re-encode"):
+    with pytest.raises(UserError, match=r"format version 99, this ragsnv reads versions 1, 2; fix: re-encode"):
         open_store(str(copy))
     result = CliRunner().invoke(app, ["inspect", str(copy)])
     assert result.exit_code == 2 and result.stderr.startswith(f"error: {copy}: store format version 99")
@@ -116,7 +141,7 @@ def test_missing_or_foreign_store_is_refused(store_path, tmp_path):
     meta = open_store(store_path).meta
     (tmp_path / "a_file").write_text("")
     for target in (tmp_path / "other.zarr", tmp_path / "a_file"):  # what a resume would write into
-        with pytest.raises(UserError, match="not a ragsnv store of format version 1; fix: pass --overwrite"):
+        with pytest.raises(UserError, match="not a ragsnv store of format version 2; fix: pass --overwrite"):
             StoreWriter(str(target), meta)
 
 
@@ -149,5 +174,5 @@ def test_create_store_guards_what_exists(store_path, tmp_path):
 def store_arrays(url: str) -> dict[str, np.ndarray]:
     """The panel and window arrays of a store, as create_store takes them."""
     group = zarr.open_group(url, mode="r")
-    skip = {schema.WINDOW_DONE, schema.EMBEDDINGS, schema.EMBEDDING_SCALE}
+    skip = {schema.WINDOW_DONE, schema.EMBEDDINGS, schema.EMBEDDING_SCALE, schema.EMBEDDING_ROW}
     return {name: np.asarray(array[...]) for name, array in group.arrays() if name not in skip}
