@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 DEMO   ?= demo
 SEED   ?= 1
 
-.PHONY: install test demo lint bench compare compare-real compare-real-run clean
+.PHONY: install test demo lint bench compare compare-admixed compare-real compare-real-run clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -45,11 +45,15 @@ bench: install
 	$(BIN)/ragtrain bench --config $(BENCH_CONFIG) --out $(BENCH_OUT) --seed $(SEED)
 
 # ragsnv and Beagle 5.4 on the same simulated split (OutOfAfrica panel, held-out array-typed targets);
-# `make compare SEED=2` for another split. Both train as README recommends: defaults plus --targets.
-COMPARE ?= compare
+# `make compare SEED=2` for another split, `make compare-admixed` for admixed targets. Both tools train as
+# README recommends: defaults plus --targets.
+COMPARE     ?= compare
+MODEL       ?= OutOfAfrica_3G09
+HOLDOUT_POP ?=
 compare: install
 	rm -rf $(COMPARE) && mkdir -p $(COMPARE)
-	$(BIN)/ragprep simulate --out $(COMPARE)/panel.vcf.gz --samples 1000 --holdout 100 --length 1e6 --seed $(SEED)
+	$(BIN)/ragprep simulate --out $(COMPARE)/panel.vcf.gz --samples 1000 --holdout 100 --length 1e6 --seed $(SEED) \
+		--model $(MODEL) $(if $(HOLDOUT_POP),--holdout-population $(HOLDOUT_POP))
 	/usr/bin/time -f "ragsnv encode wall %e s" $(BIN)/ragprep encode $(COMPARE)/panel.vcf.gz \
 		--out $(COMPARE)/store.zarr --seed $(SEED)
 	/usr/bin/time -f "ragsnv fit wall %e s" $(BIN)/ragtrain fit --store $(COMPARE)/store.zarr --out $(COMPARE)/run \
@@ -68,6 +72,11 @@ compare: install
 		$(BIN)/ragtrain evaluate $(COMPARE)/ragsnv.vcf.gz --truth $(COMPARE)/panel.truth.vcf.gz \
 			--store $(COMPARE)/store.zarr --out $(COMPARE)/report; \
 	fi
+
+# Targets from the admixed population of AmericanAdmixture_4B18 (African, European and Asian ancestry); the
+# panel holds all four populations, the other admixed samples among them.
+compare-admixed:
+	$(MAKE) --no-print-directory compare MODEL=AmericanAdmixture_4B18 HOLDOUT_POP=ADMIX COMPARE=compare-admixed
 
 # ragsnv and Beagle 5.4 on a real split: 1000 Genomes phase 3 EUR, chr20:1-4 Mb (Debian `shapeit4-example`).
 # The 300 reference + 202 phased samples of unphased.vcf.gz are merged; 50 are held out, typed at the OMNI
@@ -108,4 +117,4 @@ compare-real-run:
 	fi
 
 clean:
-	rm -rf $(VENV) $(DEMO) $(COMPARE) $(COMPARE_REAL) $(BENCH_OUT) *.egg-info
+	rm -rf $(VENV) $(DEMO) $(COMPARE) compare-admixed $(COMPARE_REAL) $(BENCH_OUT) *.egg-info

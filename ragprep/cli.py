@@ -54,13 +54,16 @@ def simulate(
                                          "and OUT.target.vcf.gz (array-like subset).")] = 0,
     array_every: Annotated[int, typer.Option(min=1, help="Target typed at every Nth site with MAF >= --array-min-maf.")] = 10,
     array_min_maf: Annotated[float, typer.Option(help="Minimum panel MAF of target (array) sites.")] = 0.05,
+    holdout_population: Annotated[str | None, typer.Option(help="Hold out samples of this population only (e.g. "
+                                                           "ADMIX of AmericanAdmixture_4B18).")] = None,
 ) -> None:
     """Simulate a phased panel with msprime (offline) and write it as a bgzipped VCF."""
     from ragprep.simulate import simulate_panel, simulate_split
 
     with clean_errors():
         if holdout:
-            paths = simulate_split(out, samples, holdout, length, seed, model, contig, array_every, array_min_maf)
+            paths = simulate_split(out, samples, holdout, length, seed, model, contig, array_every, array_min_maf,
+                                   holdout_population)
             console.print("wrote " + ", ".join(f"{kind} {path}" for kind, path in paths.items()))
             return
         path, ts = simulate_panel(out, samples, length, seed, model, contig)

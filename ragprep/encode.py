@@ -193,7 +193,7 @@ def encode(vcf: str, out: str, options: EncodeOptions) -> EncodeReport:
 def _write(writer: StoreWriter, window: int, memory: np.ndarray, rows: np.ndarray, dtype: str) -> float:
     t0 = time.perf_counter()
     if dtype == "int8":
-        values, scales = quantize_int8(memory)
+        values, scales = quantize_int8(memory, shared=(0,))  # [u, L, d]: one scale a site
         writer.write_window(window, values, rows, scales)
     else:
         writer.write_window(window, memory.astype(np.float16), rows)

@@ -13,9 +13,11 @@ import pysam
 import stdpopsim
 import tskit
 
+from stores.errors import UserError
+
 
 def simulate_tree_sequence(samples: int, length: float, seed: int, model: str = "OutOfAfrica_3G09") -> tskit.TreeSequence:
-    """Diploid samples split evenly over the model's populations (`constant`: one population, Ne 10,000)."""
+    """Diploid samples split evenly over the model's sampled populations (`constant`: one population, Ne 10,000)."""
     if model == "constant":
         ts = msprime.sim_ancestry(samples, population_size=10_000, sequence_length=length,
                                   recombination_rate=1.3e-8, random_seed=seed)
@@ -23,7 +25,7 @@ def simulate_tree_sequence(samples: int, length: float, seed: int, model: str = 
     species = stdpopsim.get_species("HomSap")
     demography = species.get_demographic_model(model)
     contig = species.get_contig(length=length, mutation_rate=demography.mutation_rate)
-    populations = [p.name for p in demography.populations if p.default_sampling_time is not None][:3]
+    populations = [p.name for p in demography.populations if p.default_sampling_time is not None]
     counts = {name: samples // len(populations) + (i < samples % len(populations))
               for i, name in enumerate(populations)}
     with warnings.catch_warnings():
@@ -31,14 +33,19 @@ def simulate_tree_sequence(samples: int, length: float, seed: int, model: str = 
         return stdpopsim.get_engine("msprime").simulate(demography, contig, counts, seed=seed)
 
 
-def individual_names(ts: tskit.TreeSequence) -> list[str]:
-    """Sample ids like YRI_0, CEU_1 (population name and individual index)."""
-    names = []
+def individual_populations(ts: tskit.TreeSequence) -> list[str]:
+    """Each individual's population name (YRI, CEU, ADMIX, ...; popN without a name)."""
+    labels = []
     for ind in ts.individuals():
         population = ts.population(ts.node(ind.nodes[0]).population)
         label = (population.metadata or {}).get("name") if isinstance(population.metadata, dict) else None
-        names.append(f"{label or 'pop' + str(population.id)}_{ind.id}")
-    return names
+        labels.append(label or f"pop{population.id}")
+    return labels
+
+
+def individual_names(ts: tskit.TreeSequence) -> list[str]:
+    """Sample ids like YRI_0, CEU_1 (population name and individual index)."""
+    return [f"{label}_{i}" for i, label in enumerate(individual_populations(ts))]
 
 
 def write_vcf(ts: tskit.TreeSequence, out: str | Path, contig: str = "chr22",
@@ -83,11 +90,21 @@ def array_sites(ts: tskit.TreeSequence, reference: np.ndarray, every: int, min_m
 
 def simulate_split(out: str | Path, samples: int, holdout: int, length: float, seed: int,
                    model: str = "OutOfAfrica_3G09", contig: str = "chr22", array_every: int = 10,
-                   array_min_maf: float = 0.05) -> dict[str, Path]:
-    """A reference panel plus `holdout` held-out samples: their full genotypes (truth) and an array-like
-    target typed at every `array_every`-th common site. Files: OUT, OUT.truth.vcf.gz, OUT.target.vcf.gz."""
+                   array_min_maf: float = 0.05, holdout_population: str | None = None) -> dict[str, Path]:
+    """A reference panel plus `holdout` held-out samples (drawn from `holdout_population` alone when given,
+    e.g. the admixed one): their full genotypes (truth) and an array-like target typed at every
+    `array_every`-th common site. Files: OUT, OUT.truth.vcf.gz, OUT.target.vcf.gz."""
     ts = simulate_tree_sequence(samples + holdout, length, seed, model)
-    held = np.sort(np.random.default_rng([seed, 0x401D]).choice(ts.num_individuals, holdout, replace=False))
+    candidates = np.arange(ts.num_individuals)
+    if holdout_population is not None:
+        populations = np.asarray(individual_populations(ts))
+        candidates = np.flatnonzero(populations == holdout_population)
+        if candidates.size <= holdout:
+            known = ", ".join(sorted(set(populations.tolist())))
+            raise UserError("--holdout-population", f"{model} gives {candidates.size} samples of "
+                            f"{holdout_population!r} (populations: {known}), and {holdout} are to be held out",
+                            "name one of its populations, or raise --samples")
+    held = np.sort(np.random.default_rng([seed, 0x401D]).choice(candidates, holdout, replace=False))
     reference = np.setdiff1d(np.arange(ts.num_individuals), held)
     names = individual_names(ts)
     out = Path(out)

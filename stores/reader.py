@@ -66,6 +66,7 @@ class EmbeddingStore:
         self.scales = self.group[schema.EMBEDDING_SCALE] if self.meta.memory_dtype == "int8" else None
         self.rows = self.group.get(schema.EMBEDDING_ROW)
         self._window_rows = lru_cache(maxsize=1024)(self._read_rows)
+        self._site_scales = lru_cache(maxsize=1024)(lambda window: np.asarray(self.scales[window]))
         self.mmap = use_mmap and is_local(self.url) and self.meta.compressor == "none" and not self.meta.sharded
         self._chunk = lru_cache(maxsize=8192)(self._open_chunk)
         self._decoded = threading.local()  # the chunks of the window read last, per thread (see _block)
@@ -148,15 +149,21 @@ class EmbeddingStore:
         if ids.size and (ids.min() < 0 or ids.max() >= self.n_haplotypes):
             raise IndexError(f"haplotype ids must be in 0..{self.n_haplotypes - 1}")  # a caller's bug
         rows = self.window_rows(window)[ids]
-        scales = None if self.scales is None else self._gather(schema.EMBEDDING_SCALE, window, rows)
-        return MemoryBlock(self._gather(schema.EMBEDDINGS, window, rows), scales)
+        return MemoryBlock(self._gather(schema.EMBEDDINGS, window, rows), self._scales(window, rows))
 
     def read_window(self, window: int) -> MemoryBlock:
         """Every haplotype's embeddings in one window: [H, L, d]."""
         rows = self.window_rows(window)
         distinct = int(rows.max()) + 1
-        scales = None if self.scales is None else np.asarray(self.scales[window, :distinct])[rows]
-        return MemoryBlock(np.asarray(self.embeddings[window, :distinct])[rows], scales)
+        return MemoryBlock(np.asarray(self.embeddings[window, :distinct])[rows], self._scales(window, rows))
+
+    def _scales(self, window: int, rows: np.ndarray) -> np.ndarray | None:
+        """float16 [n, L] scales of stored rows (int8): the window's one a site, or (format 1) the rows' own."""
+        if self.scales is None:
+            return None
+        if self.scales.ndim == 3:
+            return self._gather(schema.EMBEDDING_SCALE, window, rows)
+        return np.repeat(self._site_scales(window)[None], rows.size, axis=0)
 
     def window_rows(self, window: int) -> np.ndarray:
         """int64 [H]: the embeddings row holding each haplotype in `window` (equal haplotypes share one)."""

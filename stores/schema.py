@@ -14,7 +14,8 @@ A store is one Zarr v3 group = one panel + one encoder:
     window_done          bool  [windows]  chunk = 1 window: set only after the window's embeddings are written
     embedding_row        int32 [windows, haplotypes]  chunk = 1 window: the embeddings row of haplotype h's window
     embeddings           f16|i8 [windows, haplotypes, L, d]  chunk = (1 window, hap_block rows, L, d)
-    embedding_scale      f16   [windows, haplotypes, L]      int8 only: per-vector scale
+    embedding_scale      f16   [windows, L]                  int8 only: one scale a site of a window (format 1:
+                                                              [windows, haplotypes, L], one a vector)
 
 Haplotypes with the same alleles in a window have the same embeddings there (the encoder sees only the alleles
 and the window's allele frequencies), so each window stores its distinct haplotypes once, in order of first

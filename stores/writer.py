@@ -91,8 +91,7 @@ def _populate(group: zarr.Group, meta: schema.StoreMeta, arrays: dict[str, np.nd
     )
     if meta.memory_dtype == "int8":
         group.create_array(
-            schema.EMBEDDING_SCALE, shape=(n_windows, h, length), dtype="float16",
-            chunks=(1, block, length), shards=(1, block_shards, length) if meta.sharded else None, **common,
+            schema.EMBEDDING_SCALE, shape=(n_windows, length), dtype="float16", chunks=(1, length), **common,
         )
     group.attrs[schema.ATTRS_KEY] = meta.to_dict()
 
@@ -136,18 +135,18 @@ class StoreWriter:
         return np.asarray(self.done[:], dtype=bool)
 
     def write_window(self, window: int, values: np.ndarray, rows: np.ndarray, scales: np.ndarray | None = None) -> None:
-        """The window's distinct haplotypes' values [u, L, d] in the store's dtype (and scales [u, L] for int8),
+        """The window's distinct haplotypes' values [u, L, d] in the store's dtype (and scales [L] for int8),
         every haplotype's row among them (rows [H]); then mark the window done. A full or read-only disk is a
         UserError naming the store (which stays incomplete, and resumes)."""
         if self.scales is not None and scales is None:
-            raise ValueError("an int8 store needs per-vector scales")
+            raise ValueError("an int8 store needs a scale a site")
         if rows.shape != (self.meta.n_haplotypes,) or rows.min() < 0 or rows.max() != values.shape[0] - 1:
             raise ValueError("rows must map every haplotype to a row of values, the last row included")
         distinct = values.shape[0]
         try:
             self.embeddings[window, :distinct] = values
             if self.scales is not None:
-                self.scales[window, :distinct] = scales
+                self.scales[window] = scales
             self.rows[window] = rows.astype(np.int32)
             self.done[window] = True
         except OSError as err:

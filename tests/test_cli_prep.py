@@ -190,3 +190,19 @@ def test_simulate_then_encode(tmp_path):
     assert result.exit_code == 0, result.output
     info = json.loads(invoke("inspect", out, "--json").stdout)
     assert info["complete"] and info["contig"] == "chr7" and info["haplotypes"] == 16
+
+
+def test_simulate_holds_out_one_population(tmp_path):
+    """The admixed split: targets from the admixed population only, the panel from all four."""
+    out = tmp_path / "admixed.vcf.gz"
+    result = invoke("simulate", "--out", out, "--samples", "16", "--holdout", "3", "--length", "2e4", "--seed", "3",
+                    "--model", "AmericanAdmixture_4B18", "--holdout-population", "ADMIX")
+    assert result.exit_code == 0, result.output
+    held = VCF(str(tmp_path / "admixed.truth.vcf.gz")).samples
+    panel = VCF(str(out)).samples
+    assert len(held) == 3 and all(name.startswith("ADMIX_") for name in held)
+    assert {name.split("_")[0] for name in panel} == {"AFR", "EUR", "ASIA", "ADMIX"} and not set(held) & set(panel)
+    result = invoke("simulate", "--out", tmp_path / "x.vcf.gz", "--samples", "8", "--holdout", "2", "--length", "2e4",
+                    "--model", "AmericanAdmixture_4B18", "--holdout-population", "MARS")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --holdout-population: AmericanAdmixture_4B18 gives 0 samples of 'MARS'")

@@ -82,6 +82,11 @@ def test_int8_error_is_at_most_half_a_scale():
     error = np.abs(dequantize_int8(q, scale) - x)
     assert np.all(error <= bound), float((error - bound).max())
     assert np.all(dequantize_int8(q[:10], scale[:10]) == 0)
+    window = x.reshape(50, 80, 8)  # one scale a site, shared by 50 haplotypes (as a format 2 store keeps them)
+    q, scale = quantize_int8(window, shared=(0,))
+    assert scale.shape == (80,) and np.abs(q.astype(int)).max() == 127
+    error = np.abs(dequantize_int8(q, np.broadcast_to(scale, (50, 80))) - window)
+    assert np.all(error <= scale.astype(np.float32)[None, :, None] * 0.50002)
 
 
 def test_int8_store_reads_back_close_to_the_fp16_store(store_path, int8_store_path):

@@ -101,13 +101,19 @@ def test_bytes_on_disk_and_inspect_json(stores):
     assert stored <= raw_store.bytes_on_disk() < stored + 4096  # and the arrays' metadata
 
 
-def test_format_1_store_one_row_a_haplotype_is_still_read(store_path, tmp_path):
-    """A store written before haplotypes were deduplicated: every haplotype its own row, no embedding_row."""
-    store = open_store(store_path)
+@pytest.mark.parametrize("fixture", ["store_path", "int8_store_path"])
+def test_format_1_store_one_row_a_haplotype_is_still_read(fixture, request, tmp_path):
+    """A store written before haplotypes were deduplicated: every haplotype its own row (and int8 scale), no
+    embedding_row."""
+    store = open_store(request.getfixturevalue(fixture))
     windows = [store.read_window(w) for w in range(store.n_windows)]
     old = tmp_path / "v1.zarr"
-    shutil.copytree(store_path, old)
+    shutil.copytree(store.url, old)
     group = zarr.open_group(str(old), mode="r+")
+    if store.scales is not None:  # format 1: one scale a vector
+        del group[schema.EMBEDDING_SCALE]
+        group.create_array(schema.EMBEDDING_SCALE, shape=(store.n_windows, store.n_haplotypes, store.plan.length),
+                           chunks=(1, store.meta.hap_block, store.plan.length), dtype="float16")
     for w, block in enumerate(windows):
         group[schema.EMBEDDINGS][w] = block.values
         if block.scales is not None:
