@@ -93,7 +93,8 @@ class Imputer:
         if self.device.type != "cpu":
             return self.batch_size
         bert, mode, k = self.model.config.bert, self.model.config.rag_mode, self.retrieval.k
-        widths = {"none": bert.ffn_mult, "precomputed": max(bert.ffn_mult, 2 * k), "online": k * bert.ffn_mult}
+        fused = max(bert.ffn_mult, 2 * k)
+        widths = {"none": bert.ffn_mult, "precomputed": fused, "neighbours": fused, "online": k * bert.ffn_mult}
         return max(1, CPU_CHUNK_BYTES // (4 * bert.window * bert.d_model * widths[mode]))
 
     @torch.no_grad()

@@ -3,6 +3,8 @@
 rag_mode:
   precomputed  neighbours' memory comes from the store (frozen encoder, no BERT pass, no gradients)
   online       neighbours run through the same trainable BERT with gradients (the research design; baseline)
+  neighbours   retrieval without stored memory: the neighbours' alleles (and copying weights) alone, through the
+               same fusion (ablation: what the stored embeddings add)
   none         no retrieval (baseline)
 
 Fusion (after the chosen layers): query states cross-attend to the k neighbours' memory (keys and values projected
@@ -26,7 +28,7 @@ from ragtrain.hmm import WEIGHT_BUCKETS
 from ragtrain.retrieval import MATCH_BUCKETS, RetrievalSpec
 from stores.errors import UserError
 
-RagMode = Literal["precomputed", "online", "none"]
+RagMode = Literal["precomputed", "online", "neighbours", "none"]
 Fusion = Literal["aligned", "full"]
 
 
@@ -89,9 +91,13 @@ class NeighbourMemory(nn.Module):
                         if config.adapter else None)
         self.norm = nn.LayerNorm(d)
 
-    def forward(self, memory: torch.Tensor, neighbour_tokens: torch.Tensor,
+    def forward(self, memory: torch.Tensor | None, neighbour_tokens: torch.Tensor,
                 neighbour_match: torch.Tensor | None = None, neighbour_weight: torch.Tensor | None = None) -> torch.Tensor:
-        m = memory.to(self.norm.weight.dtype)
+        """memory [B, k, L, d_mem], or None (rag_mode neighbours): the embeddings of what is known of each
+        neighbour alone."""
+        dtype = self.norm.weight.dtype
+        m = memory.to(dtype) if memory is not None else torch.zeros(
+            (*neighbour_tokens.shape, self.norm.normalized_shape[0]), dtype=dtype, device=neighbour_tokens.device)
         if self.alleles is not None:
             m = m + self.alleles(neighbour_tokens)
         if self.match is not None:

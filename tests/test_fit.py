@@ -25,7 +25,7 @@ from ragtrain.impute import Imputer
 from ragtrain.masking import MaskSpec, apply_mask
 from ragtrain.model import batch_logits
 from ragtrain.retrieval import RetrievalSpec, match_buckets
-from stores import UserError, open_store
+from stores import EmbeddingStore, UserError, open_store
 from tests.conftest import TINY
 
 
@@ -52,6 +52,21 @@ def test_retrieval_beats_no_retrieval(store_path, tmp_path):
     without = fit(options(store_path, tmp_path / "none", rag_mode="none", **dense))
     assert with_memory.last_metrics["r2_all"] > without.last_metrics["r2_all"] + 0.08
     assert (tmp_path / "rag" / "metrics.csv").read_text().count("\n") == 2  # header + one evaluation
+
+
+def test_neighbours_mode_fuses_retrieved_alleles_without_reading_the_store(store_path, tmp_path, one_thread,
+                                                                          monkeypatch):
+    """The ablation of the stored memory: neighbours are retrieved and fused, their embeddings never read."""
+    trainer = Trainer(options(store_path, tmp_path / "nb", rag_mode="neighbours", max_steps=30, eval_every=30))
+    monkeypatch.setattr(EmbeddingStore, "read_neighbours", lambda *a: pytest.fail("the store's memory was read"))
+    batch = trainer.builder().build(0, 0, np.arange(16))
+    assert batch.memory is None and batch.neighbour_tokens is not None
+    first = masked_loss(batch_logits(trainer.model, batch), batch.labels)
+    first.backward()
+    assert trainer.model.neighbour_memory.alleles.weight.grad.abs().sum() > 0  # the neighbours' alleles are used
+    trainer.model.zero_grad()
+    trainer.run()
+    assert masked_loss(batch_logits(trainer.model, batch), batch.labels).item() < first.item()
 
 
 def test_online_mode_trains_the_bert_through_the_neighbours(store_path, tmp_path, one_thread):
