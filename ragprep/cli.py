@@ -8,6 +8,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from ragprep.cli_support import Device, clean_errors, parse_shard
@@ -132,23 +133,49 @@ def encode(
     )
 
 
-@app.command(epilog="Example: ragprep inspect store.zarr --json")
+@app.command(epilog="Examples: ragprep inspect store.zarr --json\n\n"
+             "ragprep inspect store.zarr --verify    # read every chunk, check every checksum")
 def inspect(
     store_url: Annotated[str, typer.Argument(metavar="STORE", help="Store path or fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    verify: Annotated[bool, typer.Option(help="Read every chunk and check its checksum (exit 2 if any fails).")] = False,
+    repair: Annotated[bool, typer.Option(help="With --verify: mark damaged windows unwritten, so that re-running "
+                                         "the same `ragprep encode` re-encodes them.")] = False,
 ) -> None:
-    """Report a store: format, panel, windows done, encoder fingerprint, dims, dtype, bytes on disk."""
-    from stores import open_store
+    """Report a store: format, panel, windows done, encoder fingerprint, dims, dtype, bytes on disk, checksums."""
+    from ragprep.progress import progress_bar
+    from stores import StoreWriter, UserError, open_store
 
     with clean_errors():
+        if repair and not verify:
+            raise UserError("--repair", "repairs what --verify finds", "give --verify too")
         store = open_store(store_url, require_complete=False)
-    info = store.summary()
-    if as_json:
-        print(json.dumps(info))
-        return
-    width = max(map(len, info))
-    for key, value in info.items():  # the report goes to stdout, like --json; progress and errors to stderr
-        print(f"{key:<{width}}  {value}")
+        info = store.summary()
+        if verify:
+            damaged_panel = store.verify_panel()
+            written = [int(w) for w in np.flatnonzero(store.windows_done())]
+            with progress_bar() as bar:
+                damaged = [w for w in bar.track(written, description="verify") if not store.verify_window(w)]
+            info["verified"] = "no checksums to verify (format 1)" if not store.checksummed else (
+                f"{len(written)} windows and the panel arrays: "
+                + ("all match" if not damaged and not damaged_panel else "damaged"))
+        if as_json:
+            print(json.dumps(info))
+        else:
+            width = max(map(len, info))
+            for key, value in info.items():  # the report goes to stdout, like --json; progress and errors to stderr
+                print(f"{key:<{width}}  {value}")
+        if verify and damaged_panel:
+            raise store.damaged(", ".join(damaged_panel), None)
+        if verify and damaged:
+            shown = ", ".join(map(str, damaged[:10])) + (f" and {len(damaged) - 10} more" if len(damaged) > 10 else "")
+            if repair:
+                StoreWriter(store_url, store.meta).reset_windows(damaged)
+                raise UserError(store_url, f"windows {shown} failed their checksums and are now marked unwritten",
+                                "re-run the `ragprep encode` that made this store (same options): it re-encodes them")
+            raise UserError(store_url, f"windows {shown} fail their checksums (the bytes on disk changed after they "
+                            "were written)", f"run `ragprep inspect {store_url} --verify --repair`, then the same "
+                            "`ragprep encode` again: it re-encodes them")
 
 
 @app.command(epilog="Example: ragprep split reference.vcf.gz unphased.vcf.gz --out split/panel.vcf.gz "

@@ -11,8 +11,10 @@ import threading
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
+import google_crc32c
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from stores import schema
 from stores.errors import UserError
@@ -61,15 +63,42 @@ class EmbeddingStore:
         if missing:
             raise UserError(url, f"store lacks arrays {missing}", "re-encode it with `ragprep encode --overwrite`")
         self.meta = schema.StoreMeta.from_dict(attrs)
+        self._arrays: dict[str, zarr.Array] = {}  # opened once each (`read`)
         self._check_plan()
         self.embeddings = self.group[schema.EMBEDDINGS]
         self.scales = self.group[schema.EMBEDDING_SCALE] if self.meta.memory_dtype == "int8" else None
         self.rows = self.group.get(schema.EMBEDDING_ROW)
         self._window_rows = lru_cache(maxsize=1024)(self._read_rows)
-        self._site_scales = lru_cache(maxsize=1024)(lambda window: np.asarray(self.scales[window]))
+        self._site_scales = lru_cache(maxsize=1024)(lambda window: self.read(schema.EMBEDDING_SCALE, window, window))
         self.mmap = use_mmap and is_local(self.url) and self.meta.compressor == "none" and not self.meta.sharded
         self._chunk = lru_cache(maxsize=8192)(self._open_chunk)
         self._decoded = threading.local()  # the chunks of the window read last, per thread (see _block)
+
+    def read(self, name: str, selection: object = slice(None), window: int | None = None) -> np.ndarray:
+        """`group[name][selection]` as numpy; stored bytes that fail their checksum (or their decompression) are a
+        UserError naming the store, the array and the window, with the fix."""
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        try:
+            return np.asarray(self._arrays[name][selection])
+        except (ValueError, RuntimeError) as err:
+            if not is_corruption(err):
+                raise
+            raise self.damaged(name, window) from None
+
+    def damaged(self, name: str, window: int | None) -> UserError:
+        """The error for a chunk of `name` whose bytes are not what was written."""
+        if window is not None:
+            return UserError(self.url, f"{name} of window {window} fails its checksum (the bytes on disk changed "
+                             "after they were written)", f"run `ragprep inspect {self.url} --verify --repair`, then "
+                             "the same `ragprep encode` again: it re-encodes the damaged windows", place=f"window {window}")
+        return UserError(self.url, f"{name} fails its checksum (the bytes on disk changed after they were written)",
+                         "encode the panel again into a new store (`ragprep encode ... --overwrite`)")
+
+    @cached_property
+    def checksummed(self) -> bool:
+        """Whether every chunk carries a crc32c checksum (format 2); format 1 stores are unchecked."""
+        return any(isinstance(codec, Crc32cCodec) for codec in self.embeddings.compressors)
 
     def _check_plan(self) -> None:
         """The window arrays (kept for readers outside ragsnv) must say what the plan in the attributes says."""
@@ -77,7 +106,7 @@ class EmbeddingStore:
         expected = {schema.WINDOW_START: plan.starts, schema.WINDOW_LENGTH: plan.lengths,
                     schema.WINDOW_CORE_START: plan.core_starts, schema.WINDOW_CORE_END: plan.core_ends}
         for name, values in expected.items():
-            if not np.array_equal(np.asarray(self.group[name][:]), values):
+            if not np.array_equal(self.read(name), values):
                 raise UserError(self.url, f"{name} disagrees with the window plan {plan.to_dict()}",
                                 "re-encode the store with `ragprep encode --overwrite`")
 
@@ -100,7 +129,7 @@ class EmbeddingStore:
         return int(self.embeddings.shape[3])
 
     def windows_done(self) -> np.ndarray:
-        return np.asarray(self.group[schema.WINDOW_DONE][:], dtype=bool)
+        return self.read(schema.WINDOW_DONE).astype(bool)
 
     @property
     def is_complete(self) -> bool:
@@ -109,36 +138,36 @@ class EmbeddingStore:
     # --- panel ------------------------------------------------------------------------------------------
     @cached_property
     def contig(self) -> str:
-        return str(self.group[schema.CONTIG_ID][0])
+        return str(self.read(schema.CONTIG_ID)[0])
 
     @cached_property
     def positions(self) -> np.ndarray:
-        return np.asarray(self.group[schema.VARIANT_POSITION][:])
+        return self.read(schema.VARIANT_POSITION)
 
     @cached_property
     def alleles_ref_alt(self) -> np.ndarray:
         """str [variants, 2]: REF, ALT."""
-        return np.asarray(self.group[schema.VARIANT_ALLELE][:])
+        return self.read(schema.VARIANT_ALLELE)
 
     @cached_property
     def af(self) -> np.ndarray:
-        return np.asarray(self.group[schema.VARIANT_AF][:])
+        return self.read(schema.VARIANT_AF)
 
     @cached_property
     def sample_ids(self) -> np.ndarray:
-        return np.asarray(self.group[schema.SAMPLE_ID][:])
+        return self.read(schema.SAMPLE_ID)
 
     def genetic_positions(self) -> np.ndarray:
         """float64 [variants]: each site's genetic position in cM (the map given to `ragprep encode
         --genetic-map`, else 1 cM/Mb)."""
         if schema.VARIANT_GENETIC_POSITION in self.group:
-            return np.asarray(self.group[schema.VARIANT_GENETIC_POSITION][:], dtype=np.float64)
+            return self.read(schema.VARIANT_GENETIC_POSITION).astype(np.float64)
         return self.positions.astype(np.float64) * schema.UNIFORM_CM_PER_BP
 
     def alleles(self, sites: slice = slice(None)) -> np.ndarray:
         """int8 [haplotypes, sites]: the panel's alleles (0 REF, 1 ALT), haplotype-major; haplotype h is allele
         h % 2 of sample h // 2."""
-        calls = np.asarray(self.group[schema.CALL_GENOTYPE][sites])
+        calls = self.read(schema.CALL_GENOTYPE, sites)
         return np.ascontiguousarray(calls.reshape(calls.shape[0], -1).T)
 
     # --- embeddings -------------------------------------------------------------------------------------
@@ -155,7 +184,8 @@ class EmbeddingStore:
         """Every haplotype's embeddings in one window: [H, L, d]."""
         rows = self.window_rows(window)
         distinct = int(rows.max()) + 1
-        return MemoryBlock(np.asarray(self.embeddings[window, :distinct])[rows], self._scales(window, rows))
+        return MemoryBlock(self.read(schema.EMBEDDINGS, (window, slice(0, distinct)), window)[rows],
+                           self._scales(window, rows))
 
     def _scales(self, window: int, rows: np.ndarray) -> np.ndarray | None:
         """float16 [n, L] scales of stored rows (int8): the window's one a site, or (format 1) the rows' own."""
@@ -172,14 +202,14 @@ class EmbeddingStore:
     def _read_rows(self, window: int) -> np.ndarray:
         if self.rows is None:  # format 1: one row a haplotype
             return np.arange(self.n_haplotypes, dtype=np.int64)
-        return np.asarray(self.rows[window], dtype=np.int64)
+        return self.read(schema.EMBEDDING_ROW, window, window).astype(np.int64)
 
     def distinct_fraction(self) -> float:
         """Distinct haplotypes a window over all haplotypes, averaged over the windows written (1 in format 1)."""
         done = self.windows_done()
         if self.rows is None or not done.any():
             return 1.0
-        rows = np.asarray(self.rows[:])[done]
+        rows = self.read(schema.EMBEDDING_ROW)[done]
         return float(((rows.max(axis=1) + 1) / self.n_haplotypes).mean())
 
     def _gather(self, name: str, window: int, rows: np.ndarray) -> np.ndarray:
@@ -203,9 +233,8 @@ class EmbeddingStore:
             cache.clear()
             cache["window"] = window
         if (name, block) not in cache:
-            array = self.embeddings if name == schema.EMBEDDINGS else self.scales
             size = self.meta.hap_block
-            cache[(name, block)] = np.asarray(array[window, block * size:(block + 1) * size])
+            cache[(name, block)] = self.read(name, (window, slice(block * size, (block + 1) * size)), window)
         return cache[(name, block)]
 
     def _chunk_layout(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
@@ -218,7 +247,35 @@ class EmbeddingStore:
         dtype, rest = self._chunk_layout(name)
         key = [str(window), str(block)] + ["0"] * len(rest)  # Zarr v3 default chunk keys: c/w/b/0[/0]
         path = local_path(self.url).joinpath(name, "c", *key)
+        if self.checksummed:  # verified once, when the chunk is first mapped
+            data = path.read_bytes()
+            if google_crc32c.value(data[:-4]).to_bytes(4, "little") != data[-4:]:
+                raise self.damaged(name, window)
         return np.memmap(path, dtype=dtype.newbyteorder("<"), mode="r", shape=(self.meta.hap_block, *rest))
+
+    def verify_panel(self) -> list[str]:
+        """Read every chunk of the panel and window-plan arrays: the names of those that fail their checksums."""
+        failed = []
+        for name in sorted(self.group.array_keys()):
+            if name in (schema.EMBEDDINGS, schema.EMBEDDING_SCALE, schema.EMBEDDING_ROW):
+                continue
+            try:
+                self.read(name)
+            except UserError:
+                failed.append(name)
+        return failed
+
+    def verify_window(self, window: int) -> bool:
+        """Read every stored chunk of one written window (its rows, embeddings and scales): whether all match
+        their checksums."""
+        try:
+            rows = self._read_rows(window)
+            self.read(schema.EMBEDDINGS, (window, slice(0, int(rows.max()) + 1)), window)
+            if self.scales is not None:
+                self.read(schema.EMBEDDING_SCALE, window, window)
+        except UserError:
+            return False
+        return True
 
     def bytes_on_disk(self) -> int:
         """Stored bytes of the embeddings (and scales)."""
@@ -241,11 +298,19 @@ class EmbeddingStore:
             "encoder_fingerprint": meta.encoder_fingerprint, "encoder_source": meta.encoder_source,
             "d_model": meta.d_model, "d_memory": meta.d_memory, "n_layers": meta.encoder_config.get("n_layers"),
             "n_heads": meta.encoder_config.get("n_heads"), "memory_dtype": meta.memory_dtype,
-            "compressor": meta.compressor, "sharded": meta.sharded, "distinct_haplotypes": round(self.distinct_fraction(), 3),
+            "compressor": meta.compressor, "checksums": "crc32c on every chunk" if self.checksummed else
+            "none (format 1): unchecked", "sharded": meta.sharded, "distinct_haplotypes": round(self.distinct_fraction(), 3),
             "embedding_bytes_on_disk": self.bytes_on_disk(),
             "bytes_per_haplotype_site": round(self.bytes_per_haplotype_site(), 3), "source": meta.source_path,
             "source_sha256": meta.source_sha256, "tool_version": meta.tool_version,
         }
+
+
+def is_corruption(err: Exception) -> bool:
+    """Whether zarr's error says a chunk's stored bytes are damaged: a checksum mismatch, or (unchecked stores)
+    zstd failing to decompress."""
+    text = str(err)
+    return "checksum do not match" in text or "Zstd decompression error" in text or "Data corruption" in text
 
 
 def open_store(url: str, require_complete: bool = True, storage_options: dict | None = None,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from stores import schema
 from stores.errors import UserError, environment_error
@@ -68,19 +68,28 @@ def create_store(
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def stored_codecs(compressor: str) -> tuple:
+    """The bytes codecs of a store's arrays: zstd (or none), then a crc32c checksum of every stored chunk, which
+    every read verifies."""
+    return ((ZstdCodec(level=3),) if compressor == "zstd" else ()) + (Crc32cCodec(),)
+
+
 def _populate(group: zarr.Group, meta: schema.StoreMeta, arrays: dict[str, np.ndarray]) -> None:
     plan = WindowPlan.from_dict(meta.window)
     arrays = {**arrays, schema.WINDOW_START: plan.starts, schema.WINDOW_LENGTH: plan.lengths,
               schema.WINDOW_CORE_START: plan.core_starts, schema.WINDOW_CORE_END: plan.core_ends}
+    panel_codecs = stored_codecs("zstd")
     for name, values in arrays.items():
         if values.dtype.kind == "U":  # variable-length UTF-8: the string type other Zarr readers share
-            group.create_array(name, shape=values.shape, dtype=str, chunks=_panel_chunks(values))[...] = values
+            group.create_array(name, shape=values.shape, dtype=str, chunks=_panel_chunks(values),
+                               compressors=panel_codecs)[...] = values
         else:
-            group.create_array(name, data=values, chunks=_panel_chunks(values))
+            group.create_array(name, data=values, chunks=_panel_chunks(values), compressors=panel_codecs)
     n_windows = plan.n_windows
-    group.create_array(schema.WINDOW_DONE, shape=(n_windows,), chunks=(1,), dtype=bool, fill_value=False)
+    group.create_array(schema.WINDOW_DONE, shape=(n_windows,), chunks=(1,), dtype=bool, fill_value=False,
+                       compressors=panel_codecs)
     length, d, h, block = plan.length, meta.d_memory, meta.n_haplotypes, meta.hap_block
-    compressors = ZstdCodec(level=3) if meta.compressor == "zstd" else None
+    compressors = stored_codecs(meta.compressor)
     group.create_array(schema.EMBEDDING_ROW, shape=(n_windows, h), chunks=(1, h), dtype="int32", fill_value=-1,
                        compressors=compressors)
     block_shards = -(-h // block) * block
@@ -134,6 +143,11 @@ class StoreWriter:
     def windows_done(self) -> np.ndarray:
         return np.asarray(self.done[:], dtype=bool)
 
+    def reset_windows(self, windows: list[int]) -> None:
+        """Mark windows not written, so that the next `encode` of this store writes them again."""
+        for window in windows:
+            self.done[window] = False
+
     def write_window(self, window: int, values: np.ndarray, rows: np.ndarray, scales: np.ndarray | None = None) -> None:
         """The window's distinct haplotypes' values [u, L, d] in the store's dtype (and scales [L] for int8),
         every haplotype's row among them (rows [H]); then mark the window done. A full or read-only disk is a
@@ -142,9 +156,14 @@ class StoreWriter:
             raise ValueError("an int8 store needs a scale a site")
         if rows.shape != (self.meta.n_haplotypes,) or rows.min() < 0 or rows.max() != values.shape[0] - 1:
             raise ValueError("rows must map every haplotype to a row of values, the last row included")
-        distinct = values.shape[0]
+        # whole chunks (a sharded window: its whole shard), so a write never reads back what was there, which
+        # may be damaged (`ragprep inspect --verify --repair`)
+        block, n_haplotypes = self.meta.hap_block, self.meta.n_haplotypes
+        stop = n_haplotypes if self.meta.sharded else min(n_haplotypes, -(-values.shape[0] // block) * block)
+        whole = np.zeros((stop, *values.shape[1:]), dtype=values.dtype)
+        whole[:values.shape[0]] = values
         try:
-            self.embeddings[window, :distinct] = values
+            self.embeddings[window, :stop] = whole
             if self.scales is not None:
                 self.scales[window] = scales
             self.rows[window] = rows.astype(np.int32)

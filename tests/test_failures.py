@@ -391,3 +391,71 @@ def test_impute_into_an_unwritable_folder_fails_before_the_work_without_a_crash(
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(f"error: {out.parent}: cannot write there") and "fix: " in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- damaged stores -------------------------------------------------------------------------------------
+
+def flip_bytes(chunk: Path) -> None:
+    """Two bytes in the middle of a stored chunk, as a failing disk or a bad copy leaves them."""
+    data = bytearray(chunk.read_bytes())
+    middle = len(data) // 2
+    data[middle] ^= 0xFF
+    data[middle + 1] ^= 0x5A
+    chunk.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("compressor", ["zstd", "none"])
+def test_a_damaged_window_is_named_by_fit_impute_and_verify_and_repaired_by_encode(world, tmp_path, compressor):
+    """Every embedding chunk of one window damaged, in a zstd store and a raw (memory-mapped) one: impute and
+    fit stop with one line naming the store and the window, `inspect --verify` finds it, `--repair` and the same
+    `encode` again restore a store that verifies and imputes as before."""
+    store, window = tmp_path / f"{compressor}.zarr", 3
+    encode_args = ["encode", str(world.panel), "--out", str(store), *TINY_CLI, "--compressor", compressor]
+    assert CliRunner().invoke(prep_app, encode_args).exit_code == 0
+    intact = CliRunner().invoke(train_app, ["impute", str(world.target), "--store", str(store), "--model",
+                                            str(world.model), "--out", str(tmp_path / "intact.vcf.gz"), "--device", "cpu"])
+    assert intact.exit_code == 0, intact.output
+    chunks = sorted((store / "embeddings" / "c" / str(window)).rglob("*"))
+    for chunk in (c for c in chunks if c.is_file()):
+        flip_bytes(chunk)
+
+    def one_error_line(app, args: list[str]) -> str:
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (result.output, result.exception)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+        return errors[0]
+
+    said = one_error_line(train_app, ["impute", world.target, "--store", store, "--model", world.model,
+                                      "--out", tmp_path / "damaged.vcf.gz", "--device", "cpu"])
+    assert said.startswith(f"error: {store}: window {window}: embeddings of window {window} fails its checksum")
+    assert "--verify --repair" in said and not (tmp_path / "damaged.vcf.gz").exists()
+    said = one_error_line(train_app, ["fit", "--store", store, "--out", tmp_path / "run", *FIT])
+    assert said.startswith(f"error: {store}: window {window}: embeddings of window {window} fails its checksum")
+    said = one_error_line(prep_app, ["inspect", store, "--verify"])
+    assert said.startswith(f"error: {store}: windows {window} fail their checksums")
+    said = one_error_line(prep_app, ["inspect", store, "--verify", "--repair"])
+    assert f"windows {window} failed their checksums and are now marked unwritten" in said
+    assert CliRunner().invoke(prep_app, encode_args).exit_code == 0  # resumes: re-encodes the window
+    verified = CliRunner().invoke(prep_app, ["inspect", str(store), "--verify"])
+    assert verified.exit_code == 0 and "all match" in verified.stdout, verified.output
+    again = CliRunner().invoke(train_app, ["impute", str(world.target), "--store", str(store), "--model",
+                                           str(world.model), "--out", str(tmp_path / "again.vcf.gz"), "--device", "cpu"])
+    assert again.exit_code == 0
+    with gzip.open(tmp_path / "again.vcf.gz") as again_vcf, gzip.open(tmp_path / "intact.vcf.gz") as intact_vcf:
+        assert again_vcf.read() == intact_vcf.read()
+
+
+def test_a_damaged_panel_array_is_named(world, tmp_path):
+    store = tmp_path / "panel-damaged.zarr"
+    shutil.copytree(world.store, store)
+    for chunk in (store / "call_genotype" / "c").rglob("*"):
+        if chunk.is_file():
+            flip_bytes(chunk)
+    result = CliRunner().invoke(train_app, ["impute", str(world.target), "--store", str(store), "--model",
+                                            str(world.model), "--out", str(tmp_path / "x.vcf.gz"), "--device", "cpu"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors[0].startswith(f"error: {store}: call_genotype fails its checksum") and "--overwrite" in errors[0]
+    info = CliRunner().invoke(prep_app, ["inspect", world.store])
+    assert "crc32c on every chunk" in info.stdout

@@ -10,6 +10,7 @@ import pytest
 import zarr
 from conftest import stray_entries, tiny_options, torch_threads
 from typer.testing import CliRunner
+from zarr.codecs import ZstdCodec
 
 from ragprep.cli import app
 from ragprep.encode import encode
@@ -110,10 +111,14 @@ def test_format_1_store_one_row_a_haplotype_is_still_read(fixture, request, tmp_
     old = tmp_path / "v1.zarr"
     shutil.copytree(store.url, old)
     group = zarr.open_group(str(old), mode="r+")
-    if store.scales is not None:  # format 1: one scale a vector
+    shape, block = (store.n_windows, store.n_haplotypes, store.plan.length), store.meta.hap_block
+    del group[schema.EMBEDDINGS]  # format 1: a row a haplotype, no checksums
+    group.create_array(schema.EMBEDDINGS, shape=(*shape, store.d_memory), chunks=(1, block, shape[2], store.d_memory),
+                       dtype=store.embeddings.dtype, compressors=ZstdCodec())
+    if store.scales is not None:  # and one scale a vector
         del group[schema.EMBEDDING_SCALE]
-        group.create_array(schema.EMBEDDING_SCALE, shape=(store.n_windows, store.n_haplotypes, store.plan.length),
-                           chunks=(1, store.meta.hap_block, store.plan.length), dtype="float16")
+        group.create_array(schema.EMBEDDING_SCALE, shape=shape, chunks=(1, block, shape[2]), dtype="float16",
+                           compressors=ZstdCodec())
     for w, block in enumerate(windows):
         group[schema.EMBEDDINGS][w] = block.values
         if block.scales is not None:
@@ -122,6 +127,7 @@ def test_format_1_store_one_row_a_haplotype_is_still_read(fixture, request, tmp_
     group.attrs[schema.ATTRS_KEY] = {**group.attrs[schema.ATTRS_KEY], "format_version": 1}
     v1 = open_store(str(old))
     assert v1.distinct_fraction() == 1.0 and store.distinct_fraction() < 1.0
+    assert store.checksummed and not v1.checksummed and v1.summary()["checksums"] == "none (format 1): unchecked"
     for w in (0, store.n_windows - 1):
         assert_blocks_equal(v1.read_window(w), windows[w])
         assert_blocks_equal(v1.read_neighbours(w, IDS), store.read_neighbours(w, IDS))
