@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from rich.progress import TextColumn
 
 from ragprep import __version__
+from ragprep.distributed import World
 from ragprep.distributed import init as init_world
 from ragprep.gmap import genetic_positions, read_genetic_map
 from ragprep.model import Bert, BertConfig, build_bert, fingerprint, load_bert_checkpoint
@@ -22,6 +24,7 @@ from ragprep.vcf import Panel, read_panel
 from ragprep.windows import pad_window
 from stores import StoreMeta, StoreWriter, create_store, schema
 from stores.errors import UserError
+from stores.lock import output_lock
 from stores.plan import WindowPlan
 from stores.quantize import quantize_int8
 from stores.writer import is_local, local_path
@@ -129,9 +132,16 @@ def load_encoder(options: EncodeOptions) -> tuple[Bert, str]:
 
 
 def encode(vcf: str, out: str, options: EncodeOptions) -> EncodeReport:
-    """Encode a phased panel into `out`, resuming a matching store; returns throughput figures."""
-    started = time.perf_counter()
+    """Encode a phased panel into `out`, resuming a matching store; returns throughput figures. One process
+    writes a store at a time, unless it is shared on purpose (`--shard`, or the ranks of one torchrun)."""
     world = init_world(options.device)
+    alone = not world.distributed and options.shard == (0, 1) and is_local(out)
+    with output_lock(local_path(out)) if alone else nullcontext():
+        return _encode(vcf, out, options, world)
+
+
+def _encode(vcf: str, out: str, options: EncodeOptions, world: World) -> EncodeReport:
+    started = time.perf_counter()
     device = resolve_device(options.device)
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)

@@ -7,6 +7,7 @@ import math
 import shutil
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import TextColumn
 
-from ragprep.distributed import World
+from ragprep.distributed import World, is_main_process
 from ragprep.distributed import init as init_world
 from ragprep.encode import resolve_device
 from ragprep.model import Bert, BertConfig, build_bert, fingerprint, load_bert_checkpoint, save_bert
@@ -39,6 +40,7 @@ from ragtrain.model import ModelConfig, RagImputer, batch_logits
 from ragtrain.retrieval import RetrievalSpec
 from stores import EmbeddingStore, open_store
 from stores.errors import UserError
+from stores.lock import output_lock
 
 
 @dataclass
@@ -477,8 +479,14 @@ def _check_out(out: Path, options: FitOptions) -> None:
         shutil.rmtree(out / "tensorboard", ignore_errors=True)
 
 
+def one_writer(options: FitOptions):
+    """The run folder's lock (on the main process only: under torchrun the others write nothing there)."""
+    return output_lock(options.out) if is_main_process() else nullcontext()
+
+
 def fit(options: FitOptions) -> FitResult:
-    return Trainer(options).run()
+    with one_writer(options):
+        return Trainer(options).run()
 
 
 def pretrain(options: FitOptions) -> tuple[FitResult, Path]:
@@ -486,8 +494,9 @@ def pretrain(options: FitOptions) -> tuple[FitResult, Path]:
     writes OUT/encoder.pt for `ragprep encode --encoder` (a store whose memory comes from a trained encoder)."""
     alone = replace(options, rag_mode="none", retrieval=replace(options.retrieval, selection="hamming",
                                                                  match_features=False))
-    trainer = Trainer(alone)
-    result = trainer.run()
-    path = Path(options.out) / "encoder.pt"
-    save_bert(trainer.model.bert, path)
+    with one_writer(options):
+        trainer = Trainer(alone)
+        result = trainer.run()
+        path = Path(options.out) / "encoder.pt"
+        save_bert(trainer.model.bert, path)
     return result, path

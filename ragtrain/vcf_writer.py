@@ -22,7 +22,7 @@ import pysam
 from pysam.libcbgzf import BGZFile
 
 from ragtrain.metrics import dr2_from_haplotypes
-from stores.errors import UserError, check_writable
+from stores.errors import UserError, check_writable, output_error
 from stores.reader import EmbeddingStore
 
 SCALE = 1000  # printed precision: thousandths
@@ -79,6 +79,7 @@ def write_imputed_vcf(
     order = np.argsort(np.asarray(sites.positions), kind="stable")
 
     tmp, tmp_index = out.with_name(f"{out.name}.part-{os.getpid()}"), out.with_name(f"{out.name}.tbi.part-{os.getpid()}")
+    verbosity = pysam.set_verbosity(0)  # a failed write is our one error line, not htslib's as well
     try:
         with open(tmp, "wb"):  # fails cleanly where BGZFile would crash (an unwritable path)
             pass
@@ -99,10 +100,14 @@ def write_imputed_vcf(
         pysam.tabix_index(str(tmp), preset="vcf", force=True, index=str(tmp_index))
         os.replace(tmp_index, f"{out}.tbi")
         os.replace(tmp, out)
-    except BaseException:  # nothing half-written is left: no temporaries, no output without its index
+    except BaseException as err:  # nothing half-written is left: no temporaries, no output without its index
         tmp.unlink(missing_ok=True)
         tmp_index.unlink(missing_ok=True)
+        if isinstance(err, OSError) and (user_error := output_error(err, out)):
+            raise user_error from None
         raise
+    finally:
+        pysam.set_verbosity(verbosity)
     return out
 
 
@@ -113,8 +118,15 @@ def check_output(out: str | Path) -> Path:
         raise UserError(out, "the output must be a bgzipped VCF", "name it like imputed.vcf.gz")
     if out.is_dir():
         raise UserError(out, "is a folder", "give a file name like imputed.vcf.gz")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    check_writable(out.parent, "choose an --out in a writable folder with free space")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        check_writable(out.parent, "choose an --out in a writable folder with free space")
+    except UserError as err:  # name the --out the user gave, not its folder
+        raise UserError(out, err.problem.replace("cannot write there", "cannot write its folder"), err.fix) from None
+    except OSError as err:
+        if (user_error := output_error(err, out)) is None:
+            raise
+        raise user_error from None
     return out
 
 

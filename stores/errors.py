@@ -44,6 +44,18 @@ def environment_error(err: OSError, path: object | None = None) -> UserError | N
     return UserError(where, os.strerror(err.errno), ENVIRONMENT_FIXES[err.errno])
 
 
+def output_error(err: OSError, out: object) -> UserError | None:
+    """`environment_error` naming the output the user gave (`--out`), not the temporary or lock file beside it
+    that the system names; an OSError without an errno while writing (pysam's BGZF reports a full disk so) is
+    taken for a full file system. None for any other OSError (a bug)."""
+    if err.errno is None:
+        return UserError(out, f"could not be written ({err}; the file system may be full)",
+                         ENVIRONMENT_FIXES[errno.ENOSPC])
+    if err.errno not in ENVIRONMENT_FIXES:
+        return None
+    return UserError(out, os.strerror(err.errno), ENVIRONMENT_FIXES[err.errno])
+
+
 def check_writable(folder: Path, fix: str) -> None:
     """Create a file in `folder` and remove it: a UserError naming the folder (and `fix`) if that fails, so a
     command refuses an unwritable output before it does any work."""

@@ -15,7 +15,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from stores import schema
-from stores.errors import UserError, environment_error
+from stores.errors import UserError, environment_error, output_error
 from stores.plan import WindowPlan
 
 
@@ -59,7 +59,7 @@ def create_store(
         _populate(zarr.open_group(str(staging), mode="w"), meta, arrays)
     except BaseException as err:  # leave nothing behind: no store, no staging directory
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(err, OSError) and (user_error := environment_error(err, target.parent)):
+        if isinstance(err, OSError) and (user_error := output_error(err, url)):
             raise user_error from None
         raise
     try:

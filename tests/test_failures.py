@@ -253,7 +253,7 @@ CASES: dict[str, Case] = {
                                   lambda w: [w.store, "exists with other settings", "--overwrite"],
                                   lambda w: open_store(w.store).is_complete),
     "encode read-only out": Case("prep", lambda w: ["encode", w.panel, "--out", w.readonly / "s.zarr", *TINY_CLI],
-                                 lambda w: [str(w.readonly), "Read-only file system", "fix:"],
+                                 lambda w: [f"error: {w.readonly / 's.zarr'}: Read-only file system", "fix:"],
                                  lambda w: not any(w.readonly.iterdir()), needs="readonly"),
     "encode full disk": Case("prep", lambda w: ["encode", w.panel, "--out", w.full / "s.zarr", *TINY_CLI],
                              lambda w: [str(w.full), "No space left on device", "free space"],
@@ -289,6 +289,10 @@ CASES: dict[str, Case] = {
     "fit train VCF not a VCF": Case("train", lambda w: ["fit", "--store", w.store, "--out", w.path("r11"), *FIT,
                                                         "--train", text_file("junk2.vcf", b"x\n")(w)],
                                     lambda w: ["junk2.vcf", "not a readable VCF"], nothing_at("r11/last.pt")),
+    "impute read-only out": Case("train", lambda w: ["impute", w.target, "--store", w.store, "--model", w.model,
+                                                     "--out", w.readonly / "x.vcf.gz", "--device", "cpu"],
+                                 lambda w: [f"error: {w.readonly / 'x.vcf.gz'}: cannot write its folder"],
+                                 lambda w: not any(w.readonly.iterdir()), needs="readonly"),
     "fit read-only out": Case("train", lambda w: ["fit", "--store", w.store, "--out", w.readonly / "run", *FIT],
                               lambda w: [str(w.readonly), "Read-only file system"],
                               lambda w: not any(w.readonly.iterdir()), needs="readonly"),
@@ -378,6 +382,26 @@ def test_target_without_an_index_is_read_without_an_htslib_error(world):
     assert "[E::" not in result.stderr and world.path("ni.vcf.gz.tbi").exists()
 
 
+def test_impute_onto_a_full_disk_is_one_line_naming_the_out(world):
+    """The tmpfs filled but for 8 KiB: the VCF's first blocks fit, the rest do not (pysam's BGZF then fails on
+    close, without an errno)."""
+    if world.full is None:
+        pytest.skip("cannot mount a tmpfs here (needs root and mount rights; CI runs as root)")
+    filler, out = world.full / "filler", world.full / "imputed.vcf.gz"
+    free = os.statvfs(world.full).f_bavail * os.statvfs(world.full).f_frsize
+    filler.write_bytes(b"\0" * max(free - 8192, 0))
+    try:
+        result = CliRunner().invoke(train_app, ["impute", str(world.target), "--store", world.store, "--model",
+                                                str(world.model), "--out", str(out), "--device", "cpu"])
+    finally:
+        filler.unlink()
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (result.output, result.exception)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {out}: ") and "free space" in errors[0], result.stderr
+    assert not list(world.full.glob("imputed*"))  # no VCF, no index, no temporaries, no lock
+    assert "[E::" not in result.stderr  # htslib's own complaints are not shown beside the one line
+
+
 @pytest.mark.parametrize("where", ["readonly", "proc"])
 def test_impute_into_an_unwritable_folder_fails_before_the_work_without_a_crash(world, where):
     """pysam's BGZFile crashes on such paths: the output is checked (with plain Python) before anything runs.
@@ -389,7 +413,7 @@ def test_impute_into_an_unwritable_folder_fails_before_the_work_without_a_crash(
                            "--model", str(world.model), "--out", str(out), "--device", "cpu"],
                           capture_output=True, text=True, check=False, env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith(f"error: {out.parent}: cannot write there") and "fix: " in done.stderr
+    assert done.stderr.startswith(f"error: {out}: cannot write its folder") and "fix: " in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -459,3 +483,42 @@ def test_a_damaged_panel_array_is_named(world, tmp_path):
     assert errors[0].startswith(f"error: {store}: call_genotype fails its checksum") and "--overwrite" in errors[0]
     info = CliRunner().invoke(prep_app, ["inspect", world.store])
     assert "crc32c on every chunk" in info.stdout
+
+
+# --- one writer an output -------------------------------------------------------------------------------
+
+HOLD = """
+import sys, time
+from stores.lock import output_lock
+with output_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("command", ["encode", "fit", "impute"])
+def test_a_second_writer_on_one_out_is_refused_and_a_killed_one_blocks_nothing(world, tmp_path, command):
+    """A real process holds the output's lock as a running encode, fit or impute does; the command on the same
+    --out stops at once with one line naming it and the holder. Killed with SIGKILL, the holder blocks
+    nothing: the same command then runs."""
+    out = tmp_path / {"encode": "store.zarr", "fit": "run", "impute": "imputed.vcf.gz"}[command]
+    args = {"encode": ["-m", "ragprep.cli", "encode", world.panel, "--out", out, *TINY_CLI],
+            "fit": ["-m", "ragtrain.cli", "fit", "--store", world.store, "--out", out, *FIT],
+            "impute": ["-m", "ragtrain.cli", "impute", world.target, "--store", world.store, "--model", world.model,
+                       "--out", out, "--device", "cpu"]}[command]
+    env = {**os.environ, "COLUMNS": "250"}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env, check=False)
+        assert second.returncode == 2, second.stderr
+        error = next(line for line in second.stderr.splitlines() if line.startswith("error: "))
+        assert error == (f"error: {out}: another ragsnv process (pid {holder.pid}) is writing it; fix: wait for it "
+                         "to finish, or give another --out")
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    after = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env, check=False)
+    assert after.returncode == 0, after.stderr
+    assert out.exists() and not out.with_name(f"{out.name}.lock").exists()
