@@ -15,6 +15,7 @@ from ragprep.cli_support import Device, clean_errors, parse_shard
 from ragprep.distributed import finish, is_main_process
 from ragprep.model import PRESETS
 from ragprep.progress import console
+from stores.schema import HAP_BLOCK
 
 app = typer.Typer(
     help="Prepare a reference panel for ragsnv: simulate, encode into an embedding store, inspect.\n\n"
@@ -90,7 +91,7 @@ def encode(
     shard: Annotated[str, typer.Option(help="Encode windows w with w % n == i only: i/n.")] = "0/1",
     overwrite: Annotated[bool, typer.Option(help="Delete an existing store and start over.")] = False,
     compressor: Annotated[Compressor, typer.Option(help="Embedding chunks: zstd, or none (memory-mapped reads).")] = Compressor.zstd,
-    hap_block: Annotated[int, typer.Option(min=1, help="Haplotypes a chunk.")] = 64,
+    hap_block: Annotated[int, typer.Option(min=1, help="Stored rows (distinct haplotypes) a chunk.")] = HAP_BLOCK,
     sharded: Annotated[bool, typer.Option(help="Zarr v3 sharding: one shard a window (fewer files).")] = False,
     region: Annotated[str | None, typer.Option(help="CONTIG or CONTIG:START-END.")] = None,
     multiallelic: Annotated[Multiallelic, typer.Option(help="skip (counted) or error.")] = Multiallelic.skip,

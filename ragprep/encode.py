@@ -42,7 +42,7 @@ class EncodeOptions:
     shard: tuple[int, int] = (0, 1)
     overwrite: bool = False
     compressor: str = "zstd"
-    hap_block: int = 64
+    hap_block: int = schema.HAP_BLOCK
     sharded: bool = False
     region: str | None = None
     multiallelic: str = "skip"
