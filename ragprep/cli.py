@@ -134,7 +134,7 @@ def encode(
     )
 
 
-@app.command(epilog="Examples: ragprep inspect store.zarr --json\n\n"
+@app.command(epilog="Example: ragprep inspect store.zarr --json\n\n"
              "ragprep inspect store.zarr --verify    # read every chunk, check every checksum")
 def inspect(
     store_url: Annotated[str, typer.Argument(metavar="STORE", help="Store path or fsspec URL.")],

@@ -21,7 +21,7 @@ import numpy as np
 import pysam
 
 from ragprep.progress import record_spinner
-from ragprep.vcf import checked_records, open_vcf
+from ragprep.vcf import checked_records, genotypes, open_vcf
 from stores.errors import UserError
 
 Key = tuple[str, int, str, str]  # contig, pos, REF, ALT
@@ -179,7 +179,7 @@ def _read_calls(path: str) -> _Calls:
             if len(rec.ALT) != 1 or rec.ALT[0] in ("", ".", "*"):
                 skipped += len(rec.ALT) > 1
                 continue
-            gt = rec.genotype.array()
+            gt = genotypes(rec, path)
             calls = gt[:, :-1]
             ploidy = (calls != -2).sum(axis=1)
             pair = np.full((len(samples), 2), -1, dtype=np.int8)

@@ -6,6 +6,7 @@ import gzip
 import itertools
 import re
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,11 +93,14 @@ def parse_region(region: str | None) -> tuple[str, int, int] | None:
 
 
 def open_vcf(path: str) -> VCF:
-    """Open a VCF/BCF, turning cyvcf2's failure into a one-line UserError."""
+    """Open a VCF/BCF, turning cyvcf2's failure into a one-line UserError. Every contig the records name is
+    declared in the header before any record is parsed (htslib can crash on a malformed record of a contig
+    it must add on the fly)."""
     if Path(path).is_dir():
         raise UserError(path, "is a folder, not a VCF", "give the path of a VCF, bgzipped VCF or BCF file")
+    record_contigs = _record_contig_names(path)
     try:
-        return VCF(str(path), lazy=True, threads=1)
+        vcf = VCF(str(path), lazy=True, threads=1)
     except Exception as err:  # noqa: BLE001 - cyvcf2 raises OSError, sometimes plain Exception
         duplicate = _duplicate_sample(path)
         if duplicate:
@@ -106,6 +110,45 @@ def open_vcf(path: str) -> VCF:
             path, f"not a readable VCF/BCF ({str(err).splitlines()[0][:120]})",
             "check the path and that it is a VCF, bgzipped VCF or BCF",
         ) from None
+    declared = set(re.findall(r"^##contig=<ID=([^,>]+)", vcf.raw_header, flags=re.MULTILINE))
+    for contig in sorted(record_contigs - declared):
+        vcf.add_to_header(f"##contig=<ID={contig}>")
+    return vcf
+
+
+_CONTIG_NAME = re.compile(r"[0-9A-Za-z!#$%&+./:;?@^_|~-][0-9A-Za-z!#$%&*+./:;=?@^_|~-]*")
+"""A contig name as the VCF specification allows it."""
+
+
+def _record_contig_names(path: str) -> set[str]:
+    """The contigs a plain or bgzipped VCF's records name (CHROM), read with Python's own zlib, which also
+    catches damaged compressed blocks before htslib sees them; nothing for a BCF (its header declares them)."""
+    names: set[str] = set()
+    where = "the header"
+    try:
+        with gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb") as handle:
+            if handle.read(3) == b"BCF":
+                return names
+            handle.seek(0)
+            for number, line in enumerate(handle, start=1):
+                if line.startswith(b"#"):
+                    continue
+                if number == 1:  # no header at all: not a VCF, as htslib will say
+                    return names
+                fields = line.split(b"\t", 2)
+                name = fields[0].decode("utf-8", errors="replace").strip()
+                if name and not _CONTIG_NAME.fullmatch(name):
+                    raise UserError(path, f"line {number}: {name[:40]!r} is not a contig name",
+                                    "fix or drop the record (the file may be damaged)")
+                if name:
+                    names.add(name)
+                where = f"record {name}:{fields[1].decode('utf-8', errors='replace')[:20] if len(fields) > 1 else '?'}"
+    except FileNotFoundError:
+        return names  # cyvcf2 says so next
+    except (OSError, EOFError, zlib.error) as err:
+        raise UserError(path, f"the file breaks after {where} ({str(err)[:80]}: truncated or corrupt bgzip?)",
+                        "re-create it (bgzip / bcftools view -Oz) and check it with `bcftools view`") from None
+    return names
 
 
 def _duplicate_sample(path: str) -> str | None:
@@ -117,7 +160,7 @@ def _duplicate_sample(path: str) -> str | None:
                     names = line.rstrip("\r\n").split("\t")[9:]
                     seen: set[str] = set()
                     return next((name for name in names if name in seen or seen.add(name)), None)
-    except (OSError, UnicodeDecodeError, EOFError):
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error):
         return None
     return None
 
@@ -198,7 +241,7 @@ def read_panel(
                 other += 1
                 if len(other_examples) < 3:
                     other_examples.append(where)
-            rows.append(_haplotype_row(rec.genotype.array(), samples, path, where, allow_missing))
+            rows.append(_haplotype_row(genotypes(rec, path), samples, path, where, allow_missing))
             positions.append(rec.POS)
             refs.append(rec.REF)
             alts.append(rec.ALT[0])
@@ -223,8 +266,8 @@ def read_panel(
 
 
 def checked_records(records: Iterator[Variant], path: str) -> Iterator[Variant]:
-    """`records`, with an htslib read error mid-file (truncated or corrupt) turned into one UserError line that
-    names the last record read."""
+    """`records`, with an htslib read error mid-file turned into one UserError line that names the last record
+    read (a damaged or truncated file is caught before, by `open_vcf`)."""
     last = "the header"
     while True:
         try:
@@ -232,10 +275,20 @@ def checked_records(records: Iterator[Variant], path: str) -> Iterator[Variant]:
         except StopIteration:
             return
         except Exception:  # noqa: BLE001 - htslib read error mid-file: truncated or corrupt
-            raise UserError(path, f"the file breaks after record {last} (truncated or corrupt bgzip?)",
-                            "re-create it (bgzip / bcftools view -Oz) and check it with `bcftools view`") from None
+            raise UserError(path, f"the record after {last} cannot be read (a malformed line: missing columns, "
+                            "or a GT not like 0|1?)", "fix or drop it, and check the file with `bcftools view`") from None
         last = f"{rec.CHROM}:{rec.POS}"
         yield rec
+
+
+def genotypes(rec: Variant, path: str) -> np.ndarray:
+    """cyvcf2's genotype array [samples, ploidy + 1] (last column: phased flag) of a record, or a UserError
+    naming the record when it has no GT that htslib could read."""
+    try:
+        return rec.genotype.array()
+    except Exception:  # noqa: BLE001 - cyvcf2 raises a plain Exception
+        raise UserError(path, "no readable FORMAT/GT in this record", "give every record genotypes (GT) for "
+                        "every sample, e.g. 0|1", place=f"{rec.CHROM}:{rec.POS}") from None
 
 
 def _has_lengths(vcf: VCF) -> bool:

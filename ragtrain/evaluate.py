@@ -20,7 +20,7 @@ import numpy as np
 from cyvcf2 import VCF, Variant
 
 from ragprep.progress import console, record_spinner
-from ragprep.vcf import checked_records, open_vcf
+from ragprep.vcf import checked_records, genotypes, open_vcf
 from ragtrain import metrics
 from stores import EmbeddingStore, open_store
 from stores.errors import UserError, check_writable
@@ -90,7 +90,7 @@ def read_truth(path: str) -> Truth:
             if not _biallelic(rec):
                 skipped += 1
                 continue
-            calls = rec.genotype.array()[:, :-1]  # last column: phased flag; -2 pads lower ploidy
+            calls = genotypes(rec, path)[:, :-1]  # last column: phased flag; -2 pads lower ploidy
             count = (calls >= 1).sum(axis=1).astype(np.int8)
             count[(calls == -1).any(axis=1)] = -1
             index[(rec.CHROM, rec.POS, rec.REF, rec.ALT[0])] = len(rows)

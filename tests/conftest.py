@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import gzip
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -135,3 +136,22 @@ def assert_stores_equal(a: str, b: str) -> None:
 def stray_entries(directory: Path) -> list[str]:
     """Hidden staging directories that a failed create_store could leave (`.NAME.creating-PID`)."""
     return [p.name for p in Path(directory).iterdir() if ".creating-" in p.name]
+
+
+def subset(src: Path, out: Path, every: int = 1, samples: int = 4,
+           edit: Callable[[list[str]], list[str]] | None = None, index: bool = True) -> Path:
+    """A bgzipped copy of `src` with every `every`-th record and its first `samples` samples; `edit` may change
+    the lines (header included) first."""
+    with gzip.open(src, "rt") as handle:
+        lines = handle.read().splitlines()
+    header = [line for line in lines if line.startswith("##")]
+    columns = next(line for line in lines if line.startswith("#CHROM")).split("\t")[:9 + samples]
+    records = [line.split("\t")[:9 + samples] for line in lines if not line.startswith("#")][::every]
+    text = header + ["\t".join(columns)] + ["\t".join(r) for r in records]
+    plain = out.with_suffix("")
+    plain.write_text("\n".join(edit(text) if edit else text) + "\n")
+    pysam.tabix_compress(str(plain), str(out), force=True)
+    plain.unlink()
+    if index:
+        pysam.tabix_index(str(out), preset="vcf", force=True)
+    return out

@@ -13,10 +13,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pysam
 import pytest
 import torch
-from conftest import TINY_CLI
+from conftest import TINY_CLI, subset
 from typer.testing import CliRunner
 
 from ragprep.cli import app as prep_app
@@ -48,25 +47,6 @@ class World:
 
     def path(self, name: str) -> Path:
         return self.root / name
-
-
-def subset(src: Path, out: Path, every: int = 1, samples: int = 4,
-           edit: Callable[[list[str]], list[str]] | None = None, index: bool = True) -> Path:
-    """A bgzipped copy of `src` with every `every`-th record and its first `samples` samples; `edit` may change
-    the lines (header included) first."""
-    with gzip.open(src, "rt") as handle:
-        lines = handle.read().splitlines()
-    header = [line for line in lines if line.startswith("##")]
-    columns = next(line for line in lines if line.startswith("#CHROM")).split("\t")[:9 + samples]
-    records = [line.split("\t")[:9 + samples] for line in lines if not line.startswith("#")][::every]
-    text = header + ["\t".join(columns)] + ["\t".join(r) for r in records]
-    plain = out.with_suffix("")
-    plain.write_text("\n".join(edit(text) if edit else text) + "\n")
-    pysam.tabix_compress(str(plain), str(out), force=True)
-    plain.unlink()
-    if index:
-        pysam.tabix_index(str(out), preset="vcf", force=True)
-    return out
 
 
 def mount_tmpfs(where: Path, options: str) -> Path | None:
@@ -195,6 +175,10 @@ UNSORTED = made("unsorted.vcf.gz", edit=edit_record(3, 1, "5"), index=False)
 DUPLICATE_SAMPLE = made("dupsample.vcf.gz", edit=rename_sample(2, "YRI_0"), index=False)
 OTHER_CONTIG = made("chr9.vcf.gz", edit=lambda lines: [line.replace("chr22", "chr9") for line in lines])
 SYMBOLIC = made("symbolic.vcf.gz", edit=edit_record(3, 4, "<DEL>"))
+BROKEN_GT_NO_CONTIGS = text_file("brokengt.vcf", b"##fileformat=VCFv4.2\n"  # no ##contig: htslib adds it on the fly
+                                 b'##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
+                                 b"#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tA\tB\n"
+                                 b"chr22\t5\t.\tA\tG\t.\t.\t.\tGT\t0|x\t0|0\nchr22\t9\t.\tC\tT\t.\t.\t.\tGT\t0|1\t1|1\n")
 NO_INDEX = made("noindex.vcf.gz", every=5, index=False)
 NO_DS = text_file("nods.vcf", b"##fileformat=VCFv4.2\n##contig=<ID=chr22>\n"
                   b'##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
@@ -214,7 +198,11 @@ CASES: dict[str, Case] = {
     "encode not a VCF": Case("prep", lambda w: ["encode", text_file("junk.vcf", b"hello\n")(w), "--out", w.path("s3.zarr")],
                              lambda w: ["junk.vcf", "not a readable VCF"], no_store("s3.zarr")),
     "encode truncated bgzip": Case("prep", lambda w: ["encode", truncated("panel", "cut.vcf.gz")(w), "--out", w.path("s4.zarr")],
-                                   lambda w: ["cut.vcf.gz", "not a readable VCF"], no_store("s4.zarr")),
+                                   lambda w: ["cut.vcf.gz", "the file breaks after record chr22:", "truncated"], no_store("s4.zarr")),
+    "encode broken GT, contig not declared": Case(  # htslib crashed on this (a segfault), found by test_fuzz
+        "prep", lambda w: ["encode", BROKEN_GT_NO_CONTIGS(w), "--out", w.path("s-gt.zarr")],
+        lambda w: [str(w.path("brokengt.vcf")), "the record after the header cannot be read", "GT"],
+        no_store("s-gt.zarr")),
     "encode unphased": Case("prep", lambda w: ["encode", UNPHASED(w), "--out", w.path("s5.zarr")],
                             lambda w: ["unphased.vcf.gz", "chr22:", "sample YRI_1 is unphased", "fix: phase"],
                             no_store("s5.zarr")),
