@@ -21,7 +21,7 @@ import numpy as np
 import pysam
 
 from ragprep.progress import record_spinner
-from ragprep.vcf import checked_records, genotypes, open_vcf
+from ragprep.vcf import biallelic_marker, checked_records, genotypes, open_vcf
 from stores.errors import UserError
 
 Key = tuple[str, int, str, str]  # contig, pos, REF, ALT
@@ -176,7 +176,7 @@ def _read_calls(path: str) -> _Calls:
     with record_spinner(f"reading {path}") as tick:
         for rec in checked_records(iter(vcf), path):
             tick()
-            if len(rec.ALT) != 1 or rec.ALT[0] in ("", ".", "*"):
+            if not biallelic_marker(rec):
                 skipped += len(rec.ALT) > 1
                 continue
             gt = genotypes(rec, path)

@@ -221,7 +221,7 @@ def read_panel(
                     path, f"records are not sorted (this one follows {contig}:{positions[-1]})",
                     "sort it with `bcftools sort -Oz`", where,
                 )
-            if len(rec.ALT) != 1 or rec.ALT[0] in ("", "."):
+            if not biallelic_marker(rec):
                 if len(rec.ALT) > 1 and multiallelic == "skip":
                     skipped += 1
                     if len(skipped_examples) < 3:
@@ -279,6 +279,13 @@ def checked_records(records: Iterator[Variant], path: str) -> Iterator[Variant]:
                             "or a GT not like 0|1?)", "fix or drop it, and check the file with `bcftools view`") from None
         last = f"{rec.CHROM}:{rec.POS}"
         yield rec
+
+
+def biallelic_marker(rec: Variant) -> bool:
+    """The one rule, for every reader, of which records are sites: exactly one ALT allele that is an allele (a
+    base, a symbolic one such as <DEL>, or '*'), as Beagle imputes any biallelic marker. Multiallelic and
+    ALT-less records are not (the panel reader counts or refuses them)."""
+    return len(rec.ALT) == 1 and rec.ALT[0] not in ("", ".")
 
 
 def genotypes(rec: Variant, path: str) -> np.ndarray:

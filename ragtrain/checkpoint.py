@@ -9,7 +9,6 @@ re-encode with its BERT). Written atomically; read with weights_only=True.
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from ragprep.model import read_checkpoint
 from ragtrain.model import ModelConfig
 from ragtrain.retrieval import RetrievalSpec
 from stores import EmbeddingStore
-from stores.errors import UserError, environment_error
+from stores.atomic import atomic_path
+from stores.errors import UserError
 
 
 @dataclass
@@ -41,22 +41,12 @@ def load_checkpoint(path: str | Path, store: EmbeddingStore, option: str = "--mo
 
 
 def save_atomic(state: dict, path: Path) -> None:
-    """Write `state` beside `path`, then rename over it: a reader sees the old file or the new, never half.
-    Serialised in memory first, so a full or read-only disk is a plain OSError (naming the folder), and
-    nothing is left behind."""
+    """Write `state` beside `path`, then rename over it (`stores.atomic`): a reader sees the old file or the
+    new, never half. Serialised in memory first, so a full or read-only disk fails before anything is left."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_bytes(buffer.getbuffer())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        user_error = environment_error(err, path.parent)
-        if user_error is None:
-            raise
-        raise UserError(user_error.source, f"cannot write {path.name}: {user_error.problem}",
-                        f"{user_error.fix}, then continue with --resume") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
+    except UserError as err:
+        raise UserError(err.source, err.problem, f"{err.fix}, then continue with --resume") from None

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from cyvcf2 import VCF, Variant
+from cyvcf2 import VCF
 
 from ragprep.progress import console, record_spinner
-from ragprep.vcf import checked_records, genotypes, open_vcf
+from ragprep.vcf import biallelic_marker, checked_records, genotypes, open_vcf
 from ragtrain import metrics
 from stores import EmbeddingStore, open_store
+from stores.atomic import atomic_path
 from stores.errors import UserError, check_writable
 
 SiteKey = tuple[str, int, str, str]  # contig, position, REF, ALT
@@ -70,10 +68,6 @@ def _header_ids(vcf: VCF) -> dict[str, set[str]]:
     return ids
 
 
-def _biallelic(rec: Variant) -> bool:
-    return len(rec.ALT) == 1 and rec.ALT[0] not in ("", ".", "*")
-
-
 def read_truth(path: str) -> Truth:
     """True genotypes of every biallelic record (phased or not): ALT allele count per sample, -1 if missing."""
     vcf = open_vcf(path)
@@ -87,7 +81,7 @@ def read_truth(path: str) -> Truth:
     skipped = 0
     with record_spinner(f"reading truth {path}") as tick:
         for rec in checked_records(iter(vcf), path):
-            if not _biallelic(rec):
+            if not biallelic_marker(rec):
                 skipped += 1
                 continue
             calls = genotypes(rec, path)[:, :-1]  # last column: phased flag; -2 pads lower ploidy
@@ -137,7 +131,7 @@ def read_imputed(path: str, all_sites: bool = False) -> Imputed:
     with record_spinner(f"reading {path}") as tick:
         for rec in checked_records(iter(vcf), path):
             out.n_records += 1
-            if not _biallelic(rec):
+            if not biallelic_marker(rec):
                 out.skipped_multiallelic += 1
                 continue
             if flag is not None and not rec.INFO.get(flag):
@@ -258,11 +252,11 @@ def evaluate(imputed_paths: list[str], truth_path: str, out_dir: str, store: str
         )
         site_r2 = _mean_by_bin(metrics.site_r2(dosage, true), metrics.assign_bins(metrics.maf_from_af(af)))
         sections.append(_markdown_section(label, imputed, table, counts, site_r2))
-    with _atomic(out / "report.csv") as path:
+    with atomic_path(out / "report.csv") as path:
         _write_csv(path, rows)
-    with _atomic(out / "report.md") as path:
+    with atomic_path(out / "report.md") as path:
         _write_markdown(path, sections, truth_path, maf_source, all_sites)
-    with _atomic(out / "r2_by_maf.png") as path:
+    with atomic_path(out / "r2_by_maf.png") as path:
         _plot(path, rows)
     return rows
 
@@ -275,17 +269,6 @@ def _report_folder(out_dir: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     check_writable(out, "choose an --out folder that is writable and has free space")
     return out
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Write to a temporary name beside `path`, then rename over it; on failure leave nothing."""
-    tmp = path.with_name(f".{path.name}.part-{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

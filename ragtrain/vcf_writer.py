@@ -13,7 +13,6 @@ Values print without trailing zeros ("0", "0.25", "1").
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pysam
 from pysam.libcbgzf import BGZFile
 
 from ragtrain.metrics import dr2_from_haplotypes
+from stores.atomic import atomic_path
 from stores.errors import UserError, check_writable, output_error
 from stores.reader import EmbeddingStore
 
@@ -78,34 +78,26 @@ def write_imputed_vcf(
     typed = np.zeros(n_sites, dtype=bool) if typed is None else np.asarray(typed, dtype=bool)
     order = np.argsort(np.asarray(sites.positions), kind="stable")
 
-    tmp, tmp_index = out.with_name(f"{out.name}.part-{os.getpid()}"), out.with_name(f"{out.name}.tbi.part-{os.getpid()}")
     verbosity = pysam.set_verbosity(0)  # a failed write is our one error line, not htslib's as well
-    try:
-        with open(tmp, "wb"):  # fails cleanly where BGZFile would crash (an unwritable path)
-            pass
-        with BGZFile(str(tmp), "wb") as handle:
-            handle.write(_header(sites, sample_ids, source).encode())
-            for start in range(0, n_sites, CHUNK_SITES):
-                rows = order[start:start + CHUNK_SITES]
-                chunk = _final_probs(probs[rows], typed[rows], None if observed is None else observed[rows])
-                dr2 = dr2_from_haplotypes(chunk)
-                columns = _sample_columns(np.rint(chunk * SCALE).astype(np.int32))
-                lines = [
-                    f"{sites.contig}\t{int(sites.positions[i])}\t.\t{sites.ref[i]}\t{sites.alt[i]}\t.\tPASS\t"
-                    f"AF={_trim(f'{float(sites.af[i]):.4f}')};DR2={_milli(round(float(r2) * SCALE))}"
-                    f"{'' if typed[i] else ';IMP'}\t{FORMAT}\t{column}\n"
-                    for i, r2, column in zip(rows.tolist(), dr2.tolist(), columns)
-                ]
-                handle.write("".join(lines).encode())
-        pysam.tabix_index(str(tmp), preset="vcf", force=True, index=str(tmp_index))
-        os.replace(tmp_index, f"{out}.tbi")
-        os.replace(tmp, out)
-    except BaseException as err:  # nothing half-written is left: no temporaries, no output without its index
-        tmp.unlink(missing_ok=True)
-        tmp_index.unlink(missing_ok=True)
-        if isinstance(err, OSError) and (user_error := output_error(err, out)):
-            raise user_error from None
-        raise
+    try:  # the index renamed into place first, then the VCF: a VCF is never there without its index
+        with atomic_path(out) as tmp, atomic_path(f"{out}.tbi", out) as tmp_index:
+            with open(tmp, "wb"):  # fails cleanly where BGZFile would crash (an unwritable path)
+                pass
+            with BGZFile(str(tmp), "wb") as handle:
+                handle.write(_header(sites, sample_ids, source).encode())
+                for start in range(0, n_sites, CHUNK_SITES):
+                    rows = order[start:start + CHUNK_SITES]
+                    chunk = _final_probs(probs[rows], typed[rows], None if observed is None else observed[rows])
+                    dr2 = dr2_from_haplotypes(chunk)
+                    columns = _sample_columns(np.rint(chunk * SCALE).astype(np.int32))
+                    lines = [
+                        f"{sites.contig}\t{int(sites.positions[i])}\t.\t{sites.ref[i]}\t{sites.alt[i]}\t.\tPASS\t"
+                        f"AF={_trim(f'{float(sites.af[i]):.4f}')};DR2={_milli(round(float(r2) * SCALE))}"
+                        f"{'' if typed[i] else ';IMP'}\t{FORMAT}\t{column}\n"
+                        for i, r2, column in zip(rows.tolist(), dr2.tolist(), columns)
+                    ]
+                    handle.write("".join(lines).encode())
+            pysam.tabix_index(str(tmp), preset="vcf", force=True, index=str(tmp_index))
     finally:
         pysam.set_verbosity(verbosity)
     return out

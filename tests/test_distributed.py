@@ -79,7 +79,7 @@ def test_a_killed_rank_fails_the_run_and_leaves_the_store_incomplete(panel_vcf, 
     out = tmp_path / "killed.zarr"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                str(29700 + os.getpid() % 200), "-m", "ragprep.cli", "encode", str(panel_vcf), "--out", str(out),
-               *TINY_CLI, "--batch-size", "1"]
+               *TINY_CLI, "--batch-size", "1", "--stride", "2"]  # ~245 windows: still encoding when killed
     proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

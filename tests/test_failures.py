@@ -103,7 +103,7 @@ def nothing_at(*names: str) -> Callable[[World], bool]:
 
 
 def no_temporaries(where: str) -> Callable[[World], bool]:
-    return lambda w: not [p for p in Path(w.path(where)).rglob("*") if ".part" in p.name or ".tmp-" in p.name]
+    return lambda w: not [p for p in Path(w.path(where)).rglob("*") if ".part-" in p.name]
 
 
 def edit_record(index: int, column: int, value: str) -> Callable[[list[str]], list[str]]:
@@ -286,7 +286,7 @@ CASES: dict[str, Case] = {
                               lambda w: not any(w.readonly.iterdir()), needs="readonly"),
     "fit full disk": Case("train", lambda w: ["fit", "--store", w.store, "--out", w.full / "run", *FIT],
                           lambda w: [str(w.full), "No space left on device", "free space"],
-                          lambda w: not [p for p in w.full.rglob("*") if ".tmp-" in p.name], needs="full"),
+                          lambda w: not [p for p in w.full.rglob("*") if ".part-" in p.name], needs="full"),
     # ragtrain impute
     "impute truncated model": Case("train", lambda w: ["impute", w.target, "--store", w.store, "--model",
                                                        truncated("model", "cut2.pt")(w), "--out", w.path("i1.vcf.gz")],

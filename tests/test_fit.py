@@ -118,7 +118,7 @@ def test_checkpoint_loads_with_weights_only(store_path, tmp_path):
     assert ckpt["retrieval"] == RetrievalSpec(k=3, flank=40).to_dict()
     assert {"k", "flank", "segment", "selection", "states", "local_states", "local_flank", "ne", "mismatch", "match_features", "backend"} == set(ckpt["retrieval"])
     assert "k" not in ckpt["model_config"] and "checkpointing" not in ckpt["model_config"]
-    assert not list((tmp_path / "run").glob("*.tmp-*"))  # atomic writes leave no temporaries
+    assert not list((tmp_path / "run").glob(".*.part-*"))  # atomic writes leave no temporaries
 
 
 def test_resume_takes_new_runtime_settings_and_refuses_new_architecture_or_retrieval(store_path, tmp_path):

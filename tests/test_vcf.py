@@ -101,3 +101,21 @@ def test_bad_call_names_file_site_and_sample(tmp_path, call, problem):
         read_panel(str(path))
     text = str(err.value)
     assert text.startswith(f"{path}: chr1:400: {problem}") and "; fix: " in text and "\n" not in text
+
+
+def test_every_reader_takes_the_same_sites(tmp_path):
+    """One rule for which records are sites: the panel reader (encode, impute's targets), split's reader and
+    evaluate's truth reader keep '*' and symbolic ALTs as biallelic markers and drop multiallelic records."""
+    from ragprep.split import _read_calls
+    from ragtrain.evaluate import read_truth
+
+    calls = ("0|1", "1|0", "0|0")
+    records = [vcf_record(100, *calls), vcf_record(200, *calls, alt="*"), vcf_record(300, *calls, alt="<DEL>"),
+               vcf_record(400, *calls, alt="C,T"), vcf_record(500, *calls, ref="AT", alt="A")]
+    path = write_vcf_text(tmp_path / "kinds.vcf.gz", records, index=True)
+    panel = read_panel(str(path))
+    sites = {(int(p), r, a) for p, r, a in zip(panel.positions, panel.ref, panel.alt)}
+    assert sites == {(100, "A", "G"), (200, "A", "*"), (300, "A", "<DEL>"), (500, "AT", "A")}
+    assert panel.skipped_multiallelic == 1
+    assert {(pos, ref, alt) for _, pos, ref, alt in _read_calls(str(path)).keys} == sites
+    assert {(pos, ref, alt) for _, pos, ref, alt in read_truth(str(path)).index} == sites
