@@ -18,8 +18,8 @@ A store is one Zarr v3 group = one panel + one encoder:
                                                               [windows, haplotypes, L], one a vector)
 
 Haplotypes with the same alleles in a window have the same embeddings there (the encoder sees only the alleles
-and the window's allele frequencies), so each window stores its distinct haplotypes once, in order of first
-appearance, in rows 0..u-1 (chunks past them are never written); `embedding_row` maps every haplotype to its
+and the window's allele frequencies), so each window stores its distinct haplotypes once, sorted by their
+alleles, in rows 0..u-1 (chunks past them are never written); `embedding_row` maps every haplotype to its
 row. Every chunk of every array ends in a crc32c checksum of its stored bytes, verified on every read. Format 1
 stores (no `embedding_row`: row h is haplotype h; no checksums) are still read.
 """

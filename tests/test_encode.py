@@ -52,12 +52,12 @@ def test_batches_do_not_change_embeddings(store_path):
         np.testing.assert_array_equal(store.read_window(window).values, whole.astype(np.float16))
 
 
-def test_each_window_keeps_its_distinct_haplotypes_once_in_order_of_first_appearance(store_path):
+def test_each_window_keeps_its_distinct_haplotypes_once_sorted_by_their_alleles(store_path):
     store = open_store(store_path)
-    alleles = np.array([[0, 1, 1], [1, 0, 0], [0, 1, 1], [1, 1, 1], [1, 0, 0]], dtype=np.int8)
+    alleles = np.array([[1, 0, 0], [0, 1, 1], [1, 0, 0], [1, 1, 1], [0, 1, 1]], dtype=np.int8)
     distinct, rows = distinct_haplotypes(alleles)
-    np.testing.assert_array_equal(distinct, alleles[[0, 1, 3]])
-    np.testing.assert_array_equal(rows, [0, 1, 0, 2, 1])
+    np.testing.assert_array_equal(distinct, alleles[[1, 0, 3]])  # 011 < 100 < 111
+    np.testing.assert_array_equal(rows, [1, 0, 1, 2, 0])
     for window in range(store.n_windows):
         window_alleles = store.alleles(store.plan.sites(window))
         rows = store.window_rows(window)
