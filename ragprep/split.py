@@ -21,7 +21,7 @@ import numpy as np
 import pysam
 
 from ragprep.progress import record_spinner
-from ragprep.vcf import biallelic_marker, checked_records, genotypes, open_vcf
+from ragprep.vcf import biallelic_marker, checked_records, genotypes, match_alleles, open_vcf
 from stores.errors import UserError
 
 Key = tuple[str, int, str, str]  # contig, pos, REF, ALT
@@ -58,8 +58,8 @@ class SplitReport:
     held_out: list[str]
     sites_file_records: int
     target_sites: int
-    sites_other_alleles: int  # sites-file records at a panel position with other alleles
-    sites_swapped: int  # ... of which REF and ALT are the panel's ALT and REF
+    sites_other_alleles: int  # sites-file records at a panel position with other alleles (or A/T, C/G reversed)
+    sites_swapped: int  # sites-file records of a panel site with its alleles swapped or strand-flipped: kept
     sites_absent: int  # sites-file records at no panel position
     skipped_multiallelic: list[int] = field(default_factory=list)
 
@@ -80,9 +80,11 @@ class SplitReport:
                 text += f"; dropped {_count(len(ids), 'sample')} with {_REASON_TEXT[reason]} ({shown})"
         text += (f"; panel {self.panel_samples} samples x {self.sites} sites, held out {len(self.held_out)}; "
                  f"target {self.target_sites} of the sites file's {self.sites_file_records} records")
+        if self.sites_swapped:
+            text += f" ({self.sites_swapped} of them with the panel's alleles swapped or on the other strand)"
         if self.sites_other_alleles or self.sites_absent:
-            text += (f" ({self.sites_other_alleles} at a panel position with other alleles, "
-                     f"{self.sites_swapped} of them REF/ALT swapped; {self.sites_absent} at no panel position)")
+            text += (f"; not typed: {self.sites_other_alleles} at a panel position with other alleles, "
+                     f"{self.sites_absent} at no panel position")
         return text
 
 
@@ -236,8 +238,12 @@ def _match_sites(path: str, keys: list[Key]) -> tuple[np.ndarray, dict[str, int]
                 if other is None:
                     counts["sites_absent"] += 1
                     continue
-                counts["sites_other_alleles"] += 1
-                counts["sites_swapped"] += other[2:] == (rec.ALT[0] if rec.ALT else ".", rec.REF)
+                match = match_alleles(*([allele] for allele in (*other[2:], rec.REF, rec.ALT[0] if rec.ALT else ".")))
+                if match.keep[0]:  # the panel's site, typed with its alleles swapped or on the other strand
+                    rows.add(index[other])
+                    counts["sites_swapped"] += 1
+                else:
+                    counts["sites_other_alleles"] += 1
     except Exception as err:  # noqa: BLE001 - htslib read error mid-file
         raise UserError(path, f"cannot read the sites VCF ({str(err).splitlines()[0][:120]})",
                          "re-create it (bcftools view -Oz) and check it with `bcftools view`") from None

@@ -288,6 +288,50 @@ def biallelic_marker(rec: Variant) -> bool:
     return len(rec.ALT) == 1 and rec.ALT[0] not in ("", ".")
 
 
+_COMPLEMENT = str.maketrans("ACGT", "TGCA")
+
+
+@dataclass
+class AlleleMatch:
+    """How records at panel positions carry the panel's two alleles (bool arrays, one value a record): the same
+    REF/ALT, swapped (REF/ALT = panel ALT/REF), on the other strand (either way round), or ambiguous (an A/T or
+    C/G SNP reversed, where a swap and a strand flip look the same: dropped, as imputation servers drop them)."""
+
+    same: np.ndarray
+    swapped: np.ndarray
+    flipped: np.ndarray
+    flipped_swapped: np.ndarray
+    ambiguous: np.ndarray
+
+    @property
+    def keep(self) -> np.ndarray:
+        return self.same | self.swapped | self.flipped | self.flipped_swapped
+
+    @property
+    def recode(self) -> np.ndarray:
+        """The records whose allele 0 is the panel's ALT."""
+        return self.swapped | self.flipped_swapped
+
+
+def match_alleles(panel_ref: np.ndarray, panel_alt: np.ndarray, ref: np.ndarray, alt: np.ndarray) -> AlleleMatch:
+    """The one site matcher (targets, split's sites file): records' REF/ALT against the panel's at the same
+    positions, case-insensitive."""
+    p_ref, p_alt, ref, alt = (np.char.upper(np.asarray(a).astype(object).astype(str)) for a in (panel_ref, panel_alt, ref, alt))
+    c_ref, c_alt = _complement(ref), _complement(alt)
+    same = (ref == p_ref) & (alt == p_alt)
+    reversed_ = (ref == p_alt) & (alt == p_ref)
+    ambiguous = reversed_ & (_complement(p_alt) == p_ref)  # A/T, T/A, C/G, G/C
+    other = ~same & ~reversed_
+    return AlleleMatch(same, reversed_ & ~ambiguous, other & (c_ref == p_ref) & (c_alt == p_alt),
+                       other & (c_ref == p_alt) & (c_alt == p_ref), ambiguous)
+
+
+def _complement(alleles: np.ndarray) -> np.ndarray:
+    """Complement of single-base A/C/G/T alleles; '' for anything else (never equal to a panel allele)."""
+    is_base = np.isin(alleles, ["A", "C", "G", "T"])
+    return np.where(is_base, np.char.translate(alleles, _COMPLEMENT), "")
+
+
 def genotypes(rec: Variant, path: str) -> np.ndarray:
     """cyvcf2's genotype array [samples, ploidy + 1] (last column: phased flag) of a record, or a UserError
     naming the record when it has no GT that htslib could read."""

@@ -18,11 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ragprep.vcf import MISSING, open_vcf, parse_region, read_panel
+from ragprep.vcf import MISSING, match_alleles, open_vcf, parse_region, read_panel
 from stores.errors import UserError
 from stores.reader import EmbeddingStore
 
-_COMPLEMENT = str.maketrans("ACGT", "TGCA")
 _NO_RECORDS = "the target has no biallelic records"  # start of read_panel's problem text for an empty read
 
 
@@ -93,21 +92,11 @@ def load_targets(path: str, store: EmbeddingStore, region: str | None = None) ->
         raise
 
     positions = np.asarray(store.positions)
-    ref_alt = np.char.upper(np.asarray(store.alleles_ref_alt))  # StringDType from zarr, or str
+    ref_alt = np.asarray(store.alleles_ref_alt)  # StringDType from zarr, or str
     at = np.minimum(np.searchsorted(positions, target.positions), positions.size - 1)
     at_site = positions[at] == target.positions
-    p_ref, p_alt = ref_alt[at, 0], ref_alt[at, 1]
-    t_ref, t_alt = np.char.upper(target.ref), np.char.upper(target.alt)
-    c_ref, c_alt = _complement(t_ref), _complement(t_alt)
-
-    same = at_site & (t_ref == p_ref) & (t_alt == p_alt)
-    reversed_ = at_site & (t_ref == p_alt) & (t_alt == p_ref)
-    ambiguous = reversed_ & (_complement(p_alt) == p_ref)  # A/T, T/A, C/G, G/C
-    swapped = reversed_ & ~ambiguous
-    flip_same = at_site & ~same & ~reversed_ & (c_ref == p_ref) & (c_alt == p_alt)
-    flip_swap = at_site & ~same & ~reversed_ & (c_ref == p_alt) & (c_alt == p_ref)
-    keep = same | swapped | flip_same | flip_swap
-    recode = swapped | flip_swap
+    match = match_alleles(ref_alt[at, 0], ref_alt[at, 1], target.ref, target.alt)
+    keep, recode, ambiguous = match.keep & at_site, match.recode & at_site, match.ambiguous & at_site
     if not keep.any():
         raise UserError(
             path, f"none of the target's {target.n_variants} sites on {target.contig} matches a panel site "
@@ -129,21 +118,15 @@ def load_targets(path: str, store: EmbeddingStore, region: str | None = None) ->
         sample_ids=target.sample_ids,
         alleles=alleles,
         typed=typed,
-        matched=int(same.sum()),
-        swapped=int(swapped.sum()),
-        flipped=int((flip_same | flip_swap).sum()),
+        matched=int((match.same & at_site).sum()),
+        swapped=int((match.swapped & at_site).sum()),
+        flipped=int(((match.flipped | match.flipped_swapped) & at_site).sum()),
         ambiguous_dropped=int(ambiguous.sum()),
         not_in_panel=int((~keep & ~ambiguous).sum()),
         missing_calls=int(missing.any(axis=2).sum()),
         skipped_multiallelic=target.skipped_multiallelic,
         contig_length=target.contig_length,
     )
-
-
-def _complement(alleles: np.ndarray) -> np.ndarray:
-    """Complement of single-base A/C/G/T alleles; '' for anything else (never equal to a panel allele)."""
-    is_base = np.isin(alleles, ["A", "C", "G", "T"])
-    return np.where(is_base, np.char.translate(alleles, _COMPLEMENT), "")
 
 
 def _contig_error(path: str, found: list[str], panel_contig: str, what: str = "the target's contigs are") -> UserError:

@@ -38,6 +38,7 @@ def inputs(tmp_path) -> dict[str, Path]:
     b[2] = vcf_record(300, "0|1", "0/1", "1/1", "0|0")
     sites = [vcf_record(p, ref="A", alt=alt)[:-3].rstrip("\t") for p, alt in
              [(200, "G"), (300, "G"), (700, "G"), (1000, "G"), (400, "C"), (2000, "G")]]
+    sites.append(vcf_record(600, ref="T", alt="C")[:-3].rstrip("\t"))  # A/G on the other strand: typed
     return {"a": write_vcf_text(tmp_path / "a.vcf.gz", a, A_SAMPLES, index=True),
             "b": write_vcf_text(tmp_path / "b.vcf.gz", b, B_SAMPLES, index=True),
             "sites": write_vcf_text(tmp_path / "sites.vcf.gz", sites, samples=())}
@@ -75,8 +76,9 @@ def test_split_panel_truth_and_target(inputs, tmp_path):
     assert panel_sites == truth_sites == expected and report.sites == 9
     assert report.shared_sites == 11 and report.duplicate_records == 2 and report.input_sites == [12, 11]
     assert "intersection" in report.summary()
-    assert target_sites == [(p, "A", "G") for p in (200, 300, 700, 1000)]
-    assert (report.sites_other_alleles, report.sites_absent, report.sites_file_records) == (1, 1, 6)
+    assert target_sites == [(p, "A", "G") for p in (200, 300, 600, 700, 1000)]
+    assert (report.sites_other_alleles, report.sites_absent, report.sites_file_records) == (1, 1, 7)
+    assert report.sites_swapped == 1 and "1 of them with the panel's alleles swapped or on the other strand" in report.summary()
 
     # truth and target: the held-out samples' own phased genotypes, B3's 1/1 written phased
     source = {**genotypes(inputs["a"])[2], **genotypes(inputs["b"])[2]}
