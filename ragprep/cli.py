@@ -130,7 +130,7 @@ def encode(
         f"encoded {report.windows_encoded} windows on {report.device} in {report.seconds:.1f} s "
         f"({report.haplotype_sites_per_s:,.0f} haplotype-sites/s; encoder {report.encoder_seconds:.1f} s, "
         f"writes {report.write_seconds:.1f} s); store {state}: {report.windows_done}/{report.windows_total} windows, "
-        f"{store.bytes_per_haplotype_site():.1f} bytes per haplotype-site", soft_wrap=True,
+        f"{store.bytes_per_haplotype_site():.3g} bytes per haplotype-site", soft_wrap=True,
     )
 
 
