@@ -238,8 +238,8 @@ def _match_sites(path: str, keys: list[Key]) -> tuple[np.ndarray, dict[str, int]
                 if other is None:
                     counts["sites_absent"] += 1
                     continue
-                match = match_alleles(*([allele] for allele in (*other[2:], rec.REF, rec.ALT[0] if rec.ALT else ".")))
-                if match.keep[0]:  # the panel's site, typed with its alleles swapped or on the other strand
+                alt = rec.ALT[0] if rec.ALT else "."
+                if match_alleles([other[2]], [other[3]], [rec.REF], [alt]).keep[0]:  # swapped or other strand
                     rows.add(index[other])
                     counts["sites_swapped"] += 1
                 else:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import itertools
+import os
 import re
 import warnings
 import zlib
@@ -98,7 +100,7 @@ def open_vcf(path: str) -> VCF:
     it must add on the fly)."""
     if Path(path).is_dir():
         raise UserError(path, "is a folder, not a VCF", "give the path of a VCF, bgzipped VCF or BCF file")
-    record_contigs = _record_contig_names(path)
+    in_records = record_contigs(path)
     try:
         vcf = VCF(str(path), lazy=True, threads=1)
     except Exception as err:  # noqa: BLE001 - cyvcf2 raises OSError, sometimes plain Exception
@@ -111,7 +113,7 @@ def open_vcf(path: str) -> VCF:
             "check the path and that it is a VCF, bgzipped VCF or BCF",
         ) from None
     declared = set(re.findall(r"^##contig=<ID=([^,>]+)", vcf.raw_header, flags=re.MULTILINE))
-    for contig in sorted(record_contigs - declared):
+    for contig in sorted(set(in_records) - declared):
         vcf.add_to_header(f"##contig=<ID={contig}>")
     return vcf
 
@@ -120,35 +122,47 @@ _CONTIG_NAME = re.compile(r"[0-9A-Za-z!#$%&+./:;?@^_|~-][0-9A-Za-z!#$%&*+./:;=?@
 """A contig name as the VCF specification allows it."""
 
 
-def _record_contig_names(path: str) -> set[str]:
-    """The contigs a plain or bgzipped VCF's records name (CHROM), read with Python's own zlib, which also
-    catches damaged compressed blocks before htslib sees them; nothing for a BCF (its header declares them)."""
-    names: set[str] = set()
-    where = "the header"
+def record_contigs(path: str | Path) -> tuple[str, ...]:
+    """The contigs a plain or bgzipped VCF's records name (CHROM), in file order; () for a BCF (its header
+    declares them) or a file that is not there (cyvcf2 says so). Read with Python's own zlib, which also catches
+    damaged compressed blocks before htslib sees them; kept for the file as it is (size, mtime), so the commands
+    that open a file more than once read it once."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return ()
+    return _scan_record_contigs(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _scan_record_contigs(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
+    seen: dict[bytes, None] = {}
+    last = b""  # the start of the last record read, for the error message
     try:
         with gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb") as handle:
             if handle.read(3) == b"BCF":
-                return names
+                return ()
             handle.seek(0)
             for number, line in enumerate(handle, start=1):
                 if line.startswith(b"#"):
                     continue
                 if number == 1:  # no header at all: not a VCF, as htslib will say
-                    return names
-                fields = line.split(b"\t", 2)
-                name = fields[0].decode("utf-8", errors="replace").strip()
-                if name and not _CONTIG_NAME.fullmatch(name):
-                    raise UserError(path, f"line {number}: {name[:40]!r} is not a contig name",
-                                    "fix or drop the record (the file may be damaged)")
-                if name:
-                    names.add(name)
-                where = f"record {name}:{fields[1].decode('utf-8', errors='replace')[:20] if len(fields) > 1 else '?'}"
-    except FileNotFoundError:
-        return names  # cyvcf2 says so next
+                    return ()
+                tab = line.find(b"\t", 0, 256)
+                chrom = line[:tab if tab >= 0 else 256].strip()
+                if chrom and chrom not in seen:
+                    name = chrom.decode("utf-8", errors="replace")
+                    if not _CONTIG_NAME.fullmatch(name):
+                        raise UserError(path, f"line {number}: {name[:40]!r} is not a contig name",
+                                        "fix or drop the record (the file may be damaged)")
+                    seen[chrom] = None
+                last = line[:128]
     except (OSError, EOFError, zlib.error) as err:
+        fields = last.decode("utf-8", errors="replace").split("\t")
+        where = f"record {fields[0]}:{fields[1] if len(fields) > 1 else '?'}" if last else "the header"
         raise UserError(path, f"the file breaks after {where} ({str(err)[:80]}: truncated or corrupt bgzip?)",
                         "re-create it (bgzip / bcftools view -Oz) and check it with `bcftools view`") from None
-    return names
+    return tuple(chrom.decode() for chrom in seen)
 
 
 def _duplicate_sample(path: str) -> str | None:

@@ -7,7 +7,7 @@ import math
 import shutil
 import time
 from collections.abc import Iterable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -479,7 +479,7 @@ def _check_out(out: Path, options: FitOptions) -> None:
         shutil.rmtree(out / "tensorboard", ignore_errors=True)
 
 
-def one_writer(options: FitOptions):
+def one_writer(options: FitOptions) -> AbstractContextManager:
     """The run folder's lock (on the main process only: under torchrun the others write nothing there)."""
     return output_lock(options.out) if is_main_process() else nullcontext()
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ragprep.vcf import MISSING, match_alleles, open_vcf, parse_region, read_panel
+from ragprep.vcf import MISSING, match_alleles, open_vcf, parse_region, read_panel, record_contigs
 from stores.errors import UserError
 from stores.reader import EmbeddingStore
 
@@ -86,7 +86,7 @@ def load_targets(path: str, store: EmbeddingStore, region: str | None = None) ->
         target = read_panel(path, region or store.contig, allow_missing=True, what="target")
     except UserError as err:
         if err.problem.startswith(_NO_RECORDS) and not header_contigs:
-            found = _record_contigs(path)
+            found = list(record_contigs(path))
             if found and store.contig not in found:
                 raise _contig_error(path, found, store.contig) from None
         raise
@@ -141,11 +141,3 @@ def _contig_error(path: str, found: list[str], panel_contig: str, what: str = "t
 def _header_contigs(path: str) -> list[str]:
     """Contig IDs declared in the header (##contig lines), without touching an index."""
     return re.findall(r"^##contig=<ID=([^,>]+)", open_vcf(path).raw_header, flags=re.MULTILINE)
-
-
-def _record_contigs(path: str) -> list[str]:
-    """Distinct CHROM values of the records, in file order (error path only: scans the file)."""
-    seen: dict[str, None] = {}
-    for record in open_vcf(path):
-        seen.setdefault(record.CHROM)
-    return list(seen)

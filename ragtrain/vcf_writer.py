@@ -112,13 +112,11 @@ def check_output(out: str | Path) -> Path:
         raise UserError(out, "is a folder", "give a file name like imputed.vcf.gz")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        check_writable(out.parent, "choose an --out in a writable folder with free space")
-    except UserError as err:  # name the --out the user gave, not its folder
-        raise UserError(out, err.problem.replace("cannot write there", "cannot write its folder"), err.fix) from None
     except OSError as err:
         if (user_error := output_error(err, out)) is None:
             raise
         raise user_error from None
+    check_writable(out.parent, "choose an --out in a writable folder with free space", output=out)
     return out
 
 

@@ -56,12 +56,16 @@ def output_error(err: OSError, out: object) -> UserError | None:
     return UserError(out, os.strerror(err.errno), ENVIRONMENT_FIXES[err.errno])
 
 
-def check_writable(folder: Path, fix: str) -> None:
-    """Create a file in `folder` and remove it: a UserError naming the folder (and `fix`) if that fails, so a
-    command refuses an unwritable output before it does any work."""
+def check_writable(folder: Path, fix: str, output: Path | None = None) -> None:
+    """Create a file in `folder` and remove it: a UserError naming the folder (or the `output` to be written
+    there, as the user gave it) and `fix` if that fails, so a command refuses an unwritable output before it
+    does any work."""
     probe = folder / f".probe-{os.getpid()}"
     try:
         probe.open("wb").close()
     except OSError as err:
-        raise UserError(folder, f"cannot write there ({os.strerror(err.errno)})", fix) from None
+        reason = os.strerror(err.errno)
+        if output is not None:
+            raise UserError(output, f"cannot write its folder ({reason})", fix) from None
+        raise UserError(folder, f"cannot write there ({reason})", fix) from None
     probe.unlink()
