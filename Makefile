@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 DEMO   ?= demo
 SEED   ?= 1
 
-.PHONY: install test demo lint bench compare compare-admixed compare-real compare-real-run clean
+.PHONY: install test demo lint bench compare compare-admixed compare-real compare-real-run compare-unphased clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -115,6 +115,25 @@ compare-real-run:
 		$(BIN)/ragtrain evaluate $(COMPARE_REAL)/ragsnv.vcf.gz --truth $(COMPARE_REAL)/panel.truth.vcf.gz \
 			--store $(COMPARE_REAL)/store.zarr --out $(COMPARE_REAL)/report; \
 	fi
+
+# The array user's path on a split made above: its targets unphased (`ragprep unphase`: phase removed, each
+# heterozygote's alleles shuffled), then phased and imputed by ragsnv (the split's trained model) and by Beagle;
+# switch error and r2 side by side with both tools' phased-input files. `make compare-unphased UNPHASED_OF=compare`
+# for the simulated split.
+UNPHASED_OF ?= $(COMPARE_REAL)
+compare-unphased: install
+	@test -f $(UNPHASED_OF)/run/best.pt || { echo "no $(UNPHASED_OF)/run/best.pt: run 'make compare-real' first" \
+		"(or 'make compare' and UNPHASED_OF=compare)"; exit 2; }
+	$(BIN)/ragprep unphase $(UNPHASED_OF)/panel.target.vcf.gz --out $(UNPHASED_OF)/target.unphased.vcf.gz --seed $(SEED)
+	/usr/bin/time -f "ragsnv impute (unphased targets) wall %e s" $(BIN)/ragtrain impute \
+		$(UNPHASED_OF)/target.unphased.vcf.gz --store $(UNPHASED_OF)/store.zarr --model $(UNPHASED_OF)/run/best.pt \
+		--out $(UNPHASED_OF)/ragsnv.unphased.vcf.gz --seed $(SEED)
+	/usr/bin/time -f "beagle (unphased targets) wall %e s" beagle ref=$(UNPHASED_OF)/panel.vcf.gz \
+		gt=$(UNPHASED_OF)/target.unphased.vcf.gz out=$(UNPHASED_OF)/beagle.unphased gp=true seed=$(SEED) nthreads=2 \
+		>/dev/null
+	$(BIN)/ragtrain evaluate $(UNPHASED_OF)/ragsnv.unphased.vcf.gz $(UNPHASED_OF)/beagle.unphased.vcf.gz \
+		$(UNPHASED_OF)/ragsnv.vcf.gz $(UNPHASED_OF)/beagle.vcf.gz --truth $(UNPHASED_OF)/panel.truth.vcf.gz \
+		--store $(UNPHASED_OF)/store.zarr --out $(UNPHASED_OF)/report-unphased
 
 clean:
 	rm -rf $(VENV) $(DEMO) $(COMPARE) compare-admixed $(COMPARE_REAL) $(BENCH_OUT) *.egg-info

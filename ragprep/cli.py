@@ -201,5 +201,20 @@ def split(
     console.print("wrote " + ", ".join(f"{kind} {path}" for kind, path in report.paths.items()), soft_wrap=True)
 
 
+@app.command(epilog="Example: ragprep unphase split/panel.target.vcf.gz --out split/target.unphased.vcf.gz")
+def unphase(
+    vcf: Annotated[Path, typer.Argument(help="A phased VCF/BCF (e.g. the target of `split` or `simulate`).")],
+    out: Annotated[Path, typer.Option(help="Output VCF (.vcf.gz, bgzipped, with a .tbi index).")],
+    seed: Annotated[int, typer.Option(help="Random seed of the heterozygotes' allele order (same seed, same file).")] = 1,
+) -> None:
+    """Remove the phase of every genotype, each heterozygote's alleles in random order: the unphased array
+    genotypes a lab hands over, to test `ragtrain impute`'s phasing against the truth."""
+    from ragprep.split import unphase_vcf
+
+    with clean_errors():
+        records, hets = unphase_vcf(vcf, out, seed)
+    console.print(f"wrote {out}: {records} records, {hets} heterozygous calls unphased")
+
+
 if __name__ == "__main__":  # `python -m ragprep.cli ...` runs the CLI too
     app()

@@ -285,3 +285,41 @@ def _write(out: Path, header: str, keys: list[Key], ids: list[str], alleles: np.
     finally:
         os.unlink(plain)
     return out
+
+
+def unphase_vcf(path: str | Path, out: str | Path, seed: int = 1) -> tuple[int, int]:
+    """Write `path` with every genotype unphased and each heterozygote's alleles in a random order (seeded), as
+    an array lab hands genotypes over: bgzipped and tabix-indexed. Returns (records, heterozygous calls)."""
+    from cyvcf2 import Writer
+
+    out = Path(out)
+    if not str(out).endswith(".vcf.gz"):
+        raise UserError(out, "--out must end in .vcf.gz (a bgzipped VCF)", "name it e.g. target.unphased.vcf.gz")
+    vcf = open_vcf(str(path))
+    rng = np.random.default_rng(seed)
+    records = hets = 0
+    fd, staging = tempfile.mkstemp(suffix=".vcf.gz", prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        writer = Writer(staging, vcf, mode="wz")
+        for rec in checked_records(iter(vcf), str(path)):
+            gt = genotypes(rec, str(path))
+            calls = gt[:, :-1].copy()
+            het = np.zeros(calls.shape[0], dtype=bool)
+            if calls.shape[1] == 2:
+                het = (calls[:, 0] != calls[:, 1]) & (calls >= 0).all(axis=1)
+            swap = het & (rng.random(calls.shape[0]) < 0.5)
+            calls[swap] = calls[swap][:, ::-1]
+            rec.genotypes = [[*(int(a) for a in row if a != -2), False] for row in calls]
+            writer.write_record(rec)
+            records += 1
+            hets += int(het.sum())
+        writer.close()
+        pysam.tabix_index(staging, preset="vcf", force=True)
+        os.replace(f"{staging}.tbi", f"{out}.tbi")
+        os.replace(staging, out)
+    finally:
+        for leftover in (staging, f"{staging}.tbi"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+    return records, hets

@@ -41,6 +41,7 @@ class Panel:
     skipped_examples: list[str] = field(default_factory=list)
     other_alleles: int = 0  # kept records with a symbolic, '*' or non-ACGT allele (imputed like any biallelic marker)
     other_examples: list[str] = field(default_factory=list)
+    unphased: np.ndarray | None = None  # bool [V, N]: heterozygous calls without phase (read with allow_unphased)
 
     @property
     def n_variants(self) -> int:
@@ -190,10 +191,13 @@ def read_panel(
     multiallelic: Multiallelic = "skip",
     allow_missing: bool = False,
     what: str = "panel",
+    allow_unphased: bool = False,
 ) -> Panel:
     """Read phased diploid biallelic records of one contig into a Panel.
 
-    `allow_missing` keeps missing alleles as -1 (targets); a panel must be complete.
+    `allow_missing` keeps missing alleles as -1 (targets); a panel must be complete. `allow_unphased` keeps
+    unphased heterozygous calls (alleles in the order written) and marks them in `Panel.unphased` (targets,
+    which impute phases); a panel must be phased.
     Every problem raises UserError naming the file, contig:pos, the sample where it applies, and the fix.
     """
     vcf = open_vcf(path)
@@ -208,6 +212,7 @@ def read_panel(
     refs: list[str] = []
     alts: list[str] = []
     rows: list[np.ndarray] = []
+    loose: list[np.ndarray] = []
     contig: str | None = None
     skipped = other = 0
     skipped_examples: list[str] = []
@@ -255,7 +260,10 @@ def read_panel(
                 other += 1
                 if len(other_examples) < 3:
                     other_examples.append(where)
-            rows.append(_haplotype_row(genotypes(rec, path), samples, path, where, allow_missing))
+            alleles, unphased = _haplotype_row(genotypes(rec, path), samples, path, where, allow_missing, allow_unphased)
+            rows.append(alleles)
+            if allow_unphased:
+                loose.append(unphased)
             positions.append(rec.POS)
             refs.append(rec.REF)
             alts.append(rec.ALT[0])
@@ -276,6 +284,7 @@ def read_panel(
         skipped_examples=skipped_examples,
         other_alleles=other,
         other_examples=other_examples,
+        unphased=np.stack(loose) if allow_unphased else None,
     )
 
 
@@ -379,8 +388,10 @@ def _records(vcf: VCF, path: str, region: str | None, wanted: tuple[str, int, in
     return itertools.chain([first], query)
 
 
-def _haplotype_row(gt: np.ndarray, samples: np.ndarray, path: str, where: str, allow_missing: bool) -> np.ndarray:
-    """cyvcf2 genotype array [N, ploidy + 1] (last column: phased flag) -> int8 [2N] haplotype alleles."""
+def _haplotype_row(gt: np.ndarray, samples: np.ndarray, path: str, where: str, allow_missing: bool,
+                   allow_unphased: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """cyvcf2 genotype array [N, ploidy + 1] (last column: phased flag) -> int8 [2N] haplotype alleles and
+    bool [N] unphased heterozygous calls (an unphased homozygote is as good as phased)."""
     calls = gt[:, :-1]
     ploidy = (calls != -2).sum(axis=1)  # -2 pads calls of a lower ploidy than the record's widest
     blank = (ploidy == 1) & (calls[:, 0] == MISSING)  # GT ".": a missing call of unwritten ploidy
@@ -400,11 +411,12 @@ def _haplotype_row(gt: np.ndarray, samples: np.ndarray, path: str, where: str, a
             path, f"sample {samples[bad]} has a missing allele",
             "impute and phase the panel first (e.g. Beagle 5), or drop the record", where,
         )
-    unphased = (gt[:, -1] == 0) & ~missing  # cyvcf2 flags a missing './.' unphased: missing is checked first
-    if unphased.any():
+    # cyvcf2 flags a missing './.' unphased: missing is checked first
+    unphased = (gt[:, -1] == 0) & ~missing & (alleles[:, 0] != alleles[:, 1])
+    if unphased.any() and not allow_unphased:
         bad = int(np.argmax(unphased))
         raise UserError(
             path, f"sample {samples[bad]} is unphased",
             "phase the file first (e.g. Beagle 5 or SHAPEIT5)", where,
         )
-    return alleles.reshape(-1)
+    return alleles.reshape(-1), unphased

@@ -176,7 +176,7 @@ class Stitch(str, Enum):
              "--out imputed.vcf.gz\n\n"
              "ragtrain impute target.vcf.gz --store store.zarr --model copying --out imputed.vcf.gz  # no fit needed")
 def impute(
-    target: Annotated[Path, typer.Argument(help="Phased target VCF typed at a subset of panel sites (e.g. an array).")],
+    target: Annotated[Path, typer.Argument(help="Target VCF typed at a subset of panel sites (e.g. an array): phased, unphased (phased here first) or partly phased.")],
     store: Annotated[str, typer.Option(help="The store the model was trained on.")],
     model: Annotated[Path, typer.Option(help="Checkpoint of `ragtrain fit` (best.pt or last.pt), or `copying`: the Li-Stephens copying model alone (no training, no stored memory).")],
     out: Annotated[Path, typer.Option(help="Imputed VCF to write (.vcf.gz, bgzipped, tabix-indexed).")],
@@ -186,14 +186,16 @@ def impute(
     device: Annotated[Device, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = Device.auto,
     retrieval: Annotated[Retrieval | None, typer.Option(help="Exact top-k backend: FAISS or torch (default: as the model was trained; same neighbours).")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Processes building batches (0: one thread beside the network; the output does not depend on it).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the phasing of unphased calls (ties between equally near panel haplotypes).")] = 1,
 ) -> None:
-    """Impute every panel site for every target sample; write GT, DS, GP, HDS and INFO AF, DR2, IMP."""
+    """Phase unphased target calls, impute every panel site for every target sample; write phased GT, DS, GP,
+    HDS and INFO AF, DR2, IMP."""
     from ragtrain.impute import impute as run_impute
 
     with clean_errors():
         report = run_impute(str(target), store, str(model), str(out), device=device.value, batch_size=batch_size,
                             stitch=stitch.value, region=region, retrieval=retrieval.value if retrieval else None,
-                            workers=workers)
+                            workers=workers, seed=seed)
     console.print(f"wrote {report.path}: {report.samples} samples x {report.sites} sites "
                   f"({report.typed_sites} typed) in {report.seconds:.1f} s, {report.genotypes_per_s:,.0f} genotypes/s")
     console.print(f"[dim]stages (batches are built while the network runs): {report.stage_line()}[/dim]")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ class Truth:
     index: dict[SiteKey, int]
     counts: np.ndarray  # int8 [sites, samples]
     af: np.ndarray  # float64 [sites], NaN where no genotype is observed
+    first: np.ndarray  # int8 [sites, samples]: the allele of the first haplotype of a phased call, else -1
     skipped_multiallelic: int = 0
 
 
@@ -54,6 +55,8 @@ class Imputed:
     dr2: np.ndarray | None  # float64 [sites] (INFO DR2, or Minimac's R2)
     dr2_field: str | None
     imputed_flag: str | None  # INFO flag that marked kept sites, None when all sites were kept
+    typed_keys: list[SiteKey] = field(default_factory=list)  # the sites left out as typed (not flagged)
+    typed_first: np.ndarray | None = None  # int8 [typed sites, samples]: first haplotype's allele, -1 unphased
     n_records: int = 0
     skipped_typed: int = 0
     skipped_multiallelic: int = 0
@@ -78,17 +81,20 @@ def read_truth(path: str) -> Truth:
         raise UserError(path, "the truth VCF has no FORMAT/GT", "give true genotypes (GT) for the samples")
     index: dict[SiteKey, int] = {}
     rows: list[np.ndarray] = []
+    firsts: list[np.ndarray] = []
     skipped = 0
     with record_spinner(f"reading truth {path}") as tick:
         for rec in checked_records(iter(vcf), path):
             if not biallelic_marker(rec):
                 skipped += 1
                 continue
-            calls = genotypes(rec, path)[:, :-1]  # last column: phased flag; -2 pads lower ploidy
+            gt = genotypes(rec, path)
+            calls = gt[:, :-1]  # last column: phased flag; -2 pads lower ploidy
             count = (calls >= 1).sum(axis=1).astype(np.int8)
             count[(calls == -1).any(axis=1)] = -1
             index[(rec.CHROM, rec.POS, rec.REF, rec.ALT[0])] = len(rows)
             rows.append(count)
+            firsts.append(first_allele(gt))
             tick()
     if not rows:
         raise UserError(path, "the truth VCF has no biallelic records", "check the file")
@@ -96,7 +102,39 @@ def read_truth(path: str) -> Truth:
     observed = counts >= 0
     with np.errstate(divide="ignore", invalid="ignore"):
         af = np.where(observed, counts, 0).sum(axis=1) / (2.0 * observed.sum(axis=1))
-    return Truth(str(path), samples, index, counts, af, skipped)
+    return Truth(str(path), samples, index, counts, af, np.stack(firsts), skipped)
+
+
+def first_allele(gt: np.ndarray) -> np.ndarray:
+    """int8 [samples]: from cyvcf2's genotype array, the first haplotype's allele (0 REF, 1 ALT or another ALT)
+    of a phased diploid call without missing alleles, else -1."""
+    calls = gt[:, :-1]
+    if calls.shape[1] != 2:
+        return np.full(calls.shape[0], -1, dtype=np.int8)
+    usable = (gt[:, -1] == 1) & (calls >= 0).all(axis=1)
+    return np.where(usable, np.minimum(calls[:, 0], 1), -1).astype(np.int8)
+
+
+def switch_errors(imputed: Imputed, truth: Truth) -> tuple[int, int]:
+    """(switch errors, consecutive heterozygote pairs) of the imputed file's phase at its typed sites against
+    the truth's, over the samples in both: a switch is a change, between a sample's consecutive heterozygous
+    sites (het in the truth, phased in both), of whether the first haplotypes carry the same allele."""
+    if imputed.typed_first is None or not imputed.typed_keys:
+        return 0, 0
+    pairs = [(i, truth.index[key]) for i, key in enumerate(imputed.typed_keys) if key in truth.index]
+    if not pairs:
+        return 0, 0
+    rows_i, rows_t = (np.asarray(side) for side in zip(*pairs))  # in the imputed file's (sorted) order
+    common, cols_i, cols_t = np.intersect1d(imputed.sample_ids, truth.sample_ids, return_indices=True)
+    mine = imputed.typed_first[np.ix_(rows_i, cols_i)]
+    true = truth.first[np.ix_(rows_t, cols_t)]
+    het = (truth.counts[np.ix_(rows_t, cols_t)] == 1) & (mine >= 0) & (true >= 0)
+    errors = opportunities = 0
+    for sample in range(common.size):
+        same = mine[het[:, sample], sample] == true[het[:, sample], sample]
+        errors += int((same[1:] != same[:-1]).sum())
+        opportunities += max(same.size - 1, 0)
+    return errors, opportunities
 
 
 def _open_imputed(path: str) -> tuple[VCF, dict[str, set[str]]]:
@@ -126,6 +164,7 @@ def read_imputed(path: str, all_sites: bool = False) -> Imputed:
     flag = None if all_sites else next((f for f in IMPUTED_FLAGS if f in ids["INFO"]), None)
     out = Imputed(str(path), samples, [], np.empty(0), None, None, dr2_field, flag)
     dosages: list[np.ndarray] = []
+    typed_first: list[np.ndarray] = []
     gps: list[np.ndarray] = []
     dr2s: list[float] = []
     with record_spinner(f"reading {path}") as tick:
@@ -136,6 +175,8 @@ def read_imputed(path: str, all_sites: bool = False) -> Imputed:
                 continue
             if flag is not None and not rec.INFO.get(flag):
                 out.skipped_typed += 1
+                out.typed_keys.append((rec.CHROM, rec.POS, rec.REF, rec.ALT[0]))
+                typed_first.append(first_allele(genotypes(rec, path)))
                 continue
             where = f"{rec.CHROM}:{rec.POS}"
             ds = rec.format("DS")
@@ -156,6 +197,7 @@ def read_imputed(path: str, all_sites: bool = False) -> Imputed:
         raise UserError(path, f"no {what} to evaluate",
                          "pass --all-sites to score typed sites too" if flag else "check the file")
     out.dosage = np.stack(dosages)
+    out.typed_first = np.stack(typed_first) if typed_first else None
     out.gp = np.stack(gps) if has_gp else None
     out.dr2 = np.asarray(dr2s, dtype=np.float64) if dr2_field is not None else None
     return out
@@ -245,10 +287,12 @@ def evaluate(imputed_paths: list[str], truth_path: str, out_dir: str, store: str
             "matched": int(rows_i.size), "samples": int(cols_i.size), "imputed_samples": imputed.sample_ids.size,
             "truth_samples": truth.sample_ids.size, "no_maf": int(np.isnan(af).sum()),
         }
+        counts["switch_errors"], counts["het_pairs"] = switch_errors(imputed, truth)
         console.print(
             f"{label}: {counts['matched']} of {counts['kept']} sites found in the truth, "
             f"{counts['samples']} samples in common"
             + (f", {counts['no_maf']} sites without a MAF (not in the store) left out" if counts["no_maf"] else "")
+            + (f"; phase at the typed sites: switch error {_switch_text(counts)}" if counts["het_pairs"] else "")
         )
         site_r2 = _mean_by_bin(metrics.site_r2(dosage, true), metrics.assign_bins(metrics.maf_from_af(af)))
         sections.append(_markdown_section(label, imputed, table, counts, site_r2))
@@ -289,6 +333,11 @@ def _markdown_section(label: str, imputed: Imputed, table: list[dict], counts: d
         f"{counts['truth_samples']} in the truth)."
         + (f" {counts['no_maf']} sites have no MAF (not in the store) and are left out." if counts["no_maf"] else ""),
         "",
+    ]
+    if counts["het_pairs"]:
+        lines += [f"Phase at the typed sites: switch error {_switch_text(counts)} (consecutive heterozygotes of "
+                  "the truth whose relative phase differs).", ""]
+    lines += [
         "| MAF bin | sites | genotypes | dosage r2 | concordance | non-ref concordance | mean DR2 |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -311,6 +360,11 @@ def _markdown_section(label: str, imputed: Imputed, table: list[dict], counts: d
             lines.append(f"| {row['bin']} | {_fmt(row['mean_dr2'])} | {_fmt(row['r2'])} | {_fmt(float(per_site))} | "
                          f"{_fmt(gap)} |")
     return "\n".join(lines) + "\n"
+
+
+def _switch_text(counts: dict) -> str:
+    return (f"{counts['switch_errors'] / counts['het_pairs']:.4f} ({counts['switch_errors']} of "
+            f"{counts['het_pairs']} heterozygote pairs)")
 
 
 def _write_markdown(path: Path, sections: list[str], truth_path: str, maf_source: str, all_sites: bool) -> None:

@@ -143,9 +143,12 @@ def load_queries(store: EmbeddingStore, panel_alleles: np.ndarray, options: FitO
     validation = panel_queries(panel_alleles, val_samples)
     if options.train is None:
         return panel_queries(panel_alleles, train_samples), validation
+    from ragtrain.phasing import phase_targets
     from ragtrain.targets import load_targets
 
     targets = load_targets(options.train, store)
+    if phase_targets(targets, store, torch.device("cpu"), seed=options.seed):
+        console.print(f"phased the unphased heterozygous calls of {options.train}")
     keep = ~np.isin(targets.sample_ids, store.sample_ids[val_samples])
     console.print(f"{targets.summary()}; {int((~keep).sum())} samples left out (validation samples of the panel)")
     if not keep.any():

@@ -17,6 +17,7 @@ from ragprep.progress import StageClock, console, progress_bar
 from ragtrain.checkpoint import load_checkpoint
 from ragtrain.data import BatchBuilder, Prefetcher, QuerySet, external_queries, inference_plan
 from ragtrain.model import RagImputer, batch_logits
+from ragtrain.phasing import phase_targets
 from ragtrain.retrieval import RetrievalSpec
 from ragtrain.targets import load_targets
 from ragtrain.vcf_writer import Sites, check_output, write_imputed_vcf
@@ -31,7 +32,7 @@ system when freed, so larger ones page-fault afresh every batch (measured: a bat
 1.4x slower whole than in chunks of 16, with the same logits bit for bit)."""
 
 
-STAGES = ("read targets", "state selection", "copying model", "store reads", "batch assembly", "network",
+STAGES = ("read targets", "phasing", "state selection", "copying model", "store reads", "batch assembly", "network",
           "stitching", "waiting for batches", "write VCF")
 """The stages of `impute`, in order. Batches are built in a background thread while the network runs, so the
 stages before "network" overlap it; "waiting for batches" is the time the network sat idle."""
@@ -140,7 +141,7 @@ class Imputer:
 
 def impute(target_vcf: str, store_url: str, model_path: str, out: str, device: str = "auto", batch_size: int = BATCH_SIZE,
            stitch: Stitch = "average", region: str | None = None, retrieval: str | None = None,
-           workers: int = 0) -> ImputeReport:
+           workers: int = 0, seed: int = 1) -> ImputeReport:
     started = time.perf_counter()
     check_output(out)  # before the work, not after it
     with output_lock(out):
@@ -152,6 +153,10 @@ def impute(target_vcf: str, store_url: str, model_path: str, out: str, device: s
         with clock.stage("read targets"):
             targets = load_targets(target_vcf, store, region=region)
         console.print(targets.summary())
+        with clock.stage("phasing"):
+            phased = phase_targets(targets, store, torch_device, seed=seed)
+        if phased:
+            console.print(f"phased {phased} samples' unphased heterozygous calls (copying model, seed {seed})")
         queries = external_queries(targets.alleles, targets.sample_ids, store.sample_ids)
         prob = imputer.probabilities(queries)
         with clock.stage("write VCF"):

@@ -1,4 +1,5 @@
-"""Read a phased target VCF (e.g. a SNP array) and place its calls on the panel's sites.
+"""Read a target VCF (e.g. a SNP array; phased, unphased or partly phased) and place its calls on the panel's
+sites. Unphased heterozygous calls are marked (`Targets.unphased`); `phase_targets` phases them.
 
 Target sites are matched to the store's panel by contig, position, REF and ALT:
 
@@ -46,6 +47,11 @@ class Targets:
     missing_calls: int = 0
     skipped_multiallelic: int = 0
     contig_length: int | None = None  # from the target's ##contig header line, when it has one
+    unphased: np.ndarray | None = None  # bool [typed sites, N]: heterozygous calls without phase, typed sites in order
+
+    @property
+    def unphased_samples(self) -> int:
+        return 0 if self.unphased is None else int(self.unphased.any(axis=0).sum())
 
     @property
     def n_samples(self) -> int:
@@ -66,15 +72,18 @@ class Targets:
         )
         if self.skipped_multiallelic:
             text += f"; skipped {self.skipped_multiallelic} multiallelic records"
+        if self.unphased_samples:
+            text += (f"; {self.unphased_samples} samples with unphased heterozygous calls "
+                     f"({int(self.unphased.sum())} calls)")
         return text
 
 
 def load_targets(path: str, store: EmbeddingStore, region: str | None = None) -> Targets:
-    """Read phased diploid target genotypes from `path` and match them to `store`'s panel sites.
+    """Read diploid target genotypes (phased or not) from `path` and match them to `store`'s panel sites.
 
     `region` (CONTIG or CONTIG:START-END) must be on the store's contig; by default the whole contig is read,
-    so a genome-wide target file works. Raises UserError (one line: file, problem, fix) for unphased calls,
-    a contig the panel does not have, or no site in common with the panel.
+    so a genome-wide target file works. Raises UserError (one line: file, problem, fix) for a contig the panel
+    does not have, or no site in common with the panel.
     """
     contig = parse_region(region)[0] if region else store.contig
     if contig != store.contig:
@@ -83,7 +92,7 @@ def load_targets(path: str, store: EmbeddingStore, region: str | None = None) ->
     if header_contigs and store.contig not in header_contigs:
         raise _contig_error(path, header_contigs, store.contig)
     try:
-        target = read_panel(path, region or store.contig, allow_missing=True, what="target")
+        target = read_panel(path, region or store.contig, allow_missing=True, what="target", allow_unphased=True)
     except UserError as err:
         if err.problem.startswith(_NO_RECORDS) and not header_contigs:
             found = list(record_contigs(path))
@@ -111,6 +120,8 @@ def load_targets(path: str, store: EmbeddingStore, region: str | None = None) ->
     alleles[at[keep]] = calls
     typed = np.zeros(positions.size, dtype=bool)
     typed[at[keep]] = True
+    unphased = np.zeros((positions.size, target.n_samples), dtype=bool)
+    unphased[at[keep]] = target.unphased[keep]
     missing = calls.reshape(calls.shape[0], -1, 2) == MISSING
     return Targets(
         path=str(path),
@@ -126,6 +137,7 @@ def load_targets(path: str, store: EmbeddingStore, region: str | None = None) ->
         missing_calls=int(missing.any(axis=2).sum()),
         skipped_multiallelic=target.skipped_multiallelic,
         contig_length=target.contig_length,
+        unphased=unphased[typed],
     )
 
 

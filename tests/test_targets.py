@@ -138,12 +138,13 @@ def test_region_on_another_contig(store, tmp_path, panel):
         load_targets(write_vcf(tmp_path / "t.vcf.gz", records), store, region="chr21")
 
 
-def test_unphased_target_says_phase_first(panel, store, tmp_path):
-    records = [(int(panel.positions[i]), panel.ref[i], panel.alt[i], ["0/1", "0|0", "1|1", "0|1"]) for i in (3, 9)]
-    with pytest.raises(UserError) as err:
-        load_targets(write_vcf(tmp_path / "t.vcf.gz", records), store)
-    message = str(err.value)
-    assert "\n" not in message and "unphased" in message and "phase" in message and "SHAPEIT5" in message
+def test_unphased_calls_are_read_and_marked(panel, store, tmp_path):
+    """Unphased heterozygous calls are kept (impute phases them) and marked; an unphased homozygote is as good as
+    phased."""
+    records = [(int(panel.positions[i]), panel.ref[i], panel.alt[i], ["0/1", "0|0", "1/1", "1|0"]) for i in (3, 9)]
+    targets = load_targets(write_vcf(tmp_path / "t.vcf.gz", records), store)
+    assert targets.unphased.shape == (2, 4) and targets.unphased[:, 0].all() and not targets.unphased[:, 1:].any()
+    assert targets.unphased_samples == 1 and "1 samples with unphased heterozygous calls" in targets.summary()
 
 
 def test_no_site_in_common(panel, store, tmp_path):
