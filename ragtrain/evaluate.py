@@ -335,8 +335,8 @@ def _markdown_section(label: str, imputed: Imputed, table: list[dict], counts: d
         "",
     ]
     if counts["het_pairs"]:
-        lines += [f"Phase at the typed sites: switch error {_switch_text(counts)} (consecutive heterozygotes of "
-                  "the truth whose relative phase differs).", ""]
+        lines += [(f"Phase at the typed sites: switch error {_switch_text(counts)} (consecutive heterozygotes of "
+                   "the truth whose relative phase differs)."), ""]
     lines += [
         "| MAF bin | sites | genotypes | dosage r2 | concordance | non-ref concordance | mean DR2 |",
         "|---|---:|---:|---:|---:|---:|---:|",
