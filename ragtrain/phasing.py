@@ -366,8 +366,9 @@ def _sweep(panel: torch.Tensor, plan: list[tuple[slice, torch.Tensor]], calls: t
             index = carried(u, backward=True) if i == 0 else None
             x = _hap_step(e[i] * x, index, 1.0 - r[t - 1], r[t - 1] / k)
             x = x / x.amax(dim=2, keepdim=True)
-    follows = torch.zeros((n_sites, b), dtype=torch.int64, device=panel.device)
+    follows = torch.zeros((n_sites, b), dtype=torch.int64, device=panel.device)  # the first haplotype's at t
     now = torch.zeros(b, dtype=torch.int64, device=panel.device)
+    rows = torch.arange(b, device=panel.device)
     alpha = torch.ones((b, 2, k), device=panel.device)
     for u, (sites, states) in enumerate(plan):
         e = emissions(sites, states)
@@ -375,12 +376,17 @@ def _sweep(panel: torch.Tensor, plan: list[tuple[slice, torch.Tensor]], calls: t
             t = sites.start + i
             if t > 0:
                 alpha = _hap_step(alpha, carried(u, backward=False) if i == 0 else None, 1.0 - r[t - 1], r[t - 1] / k)
-            # score[:, h, j]: haplotype h following the estimate's haplotype j from t on
-            score = torch.bmm(alpha, (e[i] * beta[t]).transpose(1, 2))
-            straight, crossed = score[:, 0, 0] * score[:, 1, 1], score[:, 0, 1] * score[:, 1, 0]
-            now = torch.where(het[t] & (torch.where(now == 0, crossed > straight, straight > crossed)), 1 - now, now)
-            follows[t] = now
-            side = torch.where(het[t], now, 0)  # phased calls keep their order (at a homozygote either is the same)
+            # score[:, h, i, j]: haplotype h with the allele of the estimate's haplotype i at t and following its
+            # haplotype j after t
+            score = torch.einsum("bhk,bik,bjk->bhij", alpha, e[i], beta[t])
+            keep, other = now, 1 - now
+            options_ = torch.stack([score[rows, 0, keep, keep] * score[rows, 1, other, other],  # as so far
+                                    score[rows, 0, other, other] * score[rows, 1, keep, keep],  # switch from t on
+                                    score[rows, 0, other, keep] * score[rows, 1, keep, other]])  # swap t alone
+            choice = torch.where(het[t], options_.argmax(dim=0), 0)
+            now = torch.where(choice == 1, 1 - now, now)
+            side = torch.where(choice == 2, 1 - now, torch.where(het[t], now, 0))  # phased calls keep their order
+            follows[t] = side
             order = torch.stack([side, 1 - side], dim=1)[..., None].expand(-1, -1, k)
             alpha = alpha * e[i].gather(1, order)
             alpha = alpha / alpha.amax(dim=2, keepdim=True)
