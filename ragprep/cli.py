@@ -40,6 +40,7 @@ class Compressor(str, Enum):
 
 
 class Multiallelic(str, Enum):
+    split = "split"
     skip = "skip"
     error = "error"
 
@@ -94,7 +95,7 @@ def encode(
     hap_block: Annotated[int, typer.Option(min=1, help="Stored rows (distinct haplotypes) a chunk.")] = HAP_BLOCK,
     sharded: Annotated[bool, typer.Option(help="Zarr v3 sharding: one shard a window (fewer files).")] = False,
     region: Annotated[str | None, typer.Option(help="CONTIG or CONTIG:START-END.")] = None,
-    multiallelic: Annotated[Multiallelic, typer.Option(help="skip (counted) or error.")] = Multiallelic.skip,
+    multiallelic: Annotated[Multiallelic, typer.Option(help="split (one biallelic site an ALT allele, as `bcftools norm -m -`), skip (counted) or error.")] = Multiallelic.split,
     genetic_map: Annotated[Path | None, typer.Option(help="Genetic map (SHAPEIT `pos chr cM` or PLINK `chr id cM pos`, may be gzipped) for the copying model's switch rate; default 1 cM/Mb.")] = None,
 ) -> None:
     """Run every reference haplotype window once through a frozen encoder; write a chunked Zarr store.

@@ -45,7 +45,7 @@ class EncodeOptions:
     hap_block: int = schema.HAP_BLOCK
     sharded: bool = False
     region: str | None = None
-    multiallelic: str = "skip"
+    multiallelic: str = "split"
     genetic_map: str | None = None  # cM of every site for the copying model (default: 1 cM/Mb)
 
 

@@ -22,7 +22,7 @@ from stores.errors import UserError
 
 MISSING = -1
 _ACGT = re.compile(r"[ACGTacgt]+")
-Multiallelic = Literal["skip", "error"]
+Multiallelic = Literal["split", "skip", "error"]
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Panel:
 
     path: str
     contig: str
-    positions: np.ndarray  # int64 [V], 1-based, strictly increasing
+    positions: np.ndarray  # int64 [V], 1-based, non-decreasing (records at one position differ in REF/ALT)
     ref: np.ndarray  # str [V]
     alt: np.ndarray  # str [V]
     sample_ids: np.ndarray  # str [N]
@@ -39,6 +39,8 @@ class Panel:
     contig_length: int | None = None
     skipped_multiallelic: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+    split_multiallelic: int = 0  # multiallelic records split into one biallelic site an ALT allele
+    split_examples: list[str] = field(default_factory=list)
     other_alleles: int = 0  # kept records with a symbolic, '*' or non-ACGT allele (imputed like any biallelic marker)
     other_examples: list[str] = field(default_factory=list)
     unphased: np.ndarray | None = None  # bool [V, N]: heterozygous calls without phase (read with allow_unphased)
@@ -73,6 +75,11 @@ class Panel:
             text += (
                 f"; skipped {self.skipped_multiallelic} multiallelic records"
                 f" (first: {', '.join(self.skipped_examples)})"
+            )
+        if self.split_multiallelic:
+            text += (
+                f"; split {self.split_multiallelic} multiallelic records into biallelic sites, one an ALT allele"
+                f" (first: {', '.join(self.split_examples)})"
             )
         if self.other_alleles:
             text += (
@@ -188,12 +195,13 @@ def _is_gzip(path: str) -> bool:
 def read_panel(
     path: str,
     region: str | None = None,
-    multiallelic: Multiallelic = "skip",
+    multiallelic: Multiallelic = "split",
     allow_missing: bool = False,
     what: str = "panel",
     allow_unphased: bool = False,
 ) -> Panel:
-    """Read phased diploid biallelic records of one contig into a Panel.
+    """Read phased diploid biallelic records of one contig into a Panel; a multiallelic record is split into one
+    biallelic site an ALT allele (as `bcftools norm -m -` splits it), skipped, or refused (`multiallelic`).
 
     `allow_missing` keeps missing alleles as -1 (targets); a panel must be complete. `allow_unphased` keeps
     unphased heterozygous calls (alleles in the order written) and marks them in `Panel.unphased` (targets,
@@ -214,8 +222,10 @@ def read_panel(
     rows: list[np.ndarray] = []
     loose: list[np.ndarray] = []
     contig: str | None = None
-    skipped = other = 0
+    skipped = other = split = 0
     skipped_examples: list[str] = []
+    split_examples: list[str] = []
+    at_position: set[tuple[str, str]] = set()  # REF/ALT of the sites read at the last position
     other_examples: list[str] = []
     with record_spinner(f"reading {path}") as tick:
         for rec in checked_records(records, path):
@@ -230,43 +240,52 @@ def read_panel(
                     f"pass --region {contig} (one contig a store), or split the file by contig",
                     where,
                 )
-            if positions and rec.POS <= positions[-1]:
-                if rec.POS == positions[-1]:
-                    raise UserError(
-                        path, "duplicate position (a second record at the same site)",
-                        "keep one record a site, e.g. `bcftools norm -m +any` or `bcftools norm -d all`", where,
-                    )
+            if positions and rec.POS < positions[-1]:
                 raise UserError(
                     path, f"records are not sorted (this one follows {contig}:{positions[-1]})",
                     "sort it with `bcftools sort -Oz`", where,
                 )
-            if not biallelic_marker(rec):
-                if len(rec.ALT) > 1 and multiallelic == "skip":
-                    skipped += 1
-                    if len(skipped_examples) < 3:
-                        skipped_examples.append(where)
-                    continue
-                if len(rec.ALT) > 1:
-                    raise UserError(
-                        path, f"multiallelic record (ALT {','.join(rec.ALT)})",
-                        "split or drop such records (`bcftools norm -m -any`, `bcftools view -m2 -M2`) "
-                        "or use --multiallelic skip", where,
-                    )
+            if not positions or rec.POS != positions[-1]:
+                at_position = set()
+            if len(rec.ALT) > 1 and multiallelic == "skip":
+                skipped += 1
+                if len(skipped_examples) < 3:
+                    skipped_examples.append(where)
+                continue
+            if len(rec.ALT) > 1 and multiallelic == "error":
+                raise UserError(
+                    path, f"multiallelic record (ALT {','.join(rec.ALT)})",
+                    "split or drop such records (`bcftools norm -m -any`, `bcftools view -m2 -M2`) "
+                    "or use --multiallelic split (the default) or skip", where,
+                )
+            sites = biallelic_sites(rec, path)
+            if not sites:
                 raise UserError(
                     path, "record without an ALT allele (monomorphic site)",
                     "drop such records (`bcftools view -m2 -M2`)", where,
                 )
-            if not (_ACGT.fullmatch(rec.REF) and _ACGT.fullmatch(rec.ALT[0])):
-                other += 1
-                if len(other_examples) < 3:
-                    other_examples.append(where)
-            alleles, unphased = _haplotype_row(genotypes(rec, path), samples, path, where, allow_missing, allow_unphased)
-            rows.append(alleles)
-            if allow_unphased:
-                loose.append(unphased)
-            positions.append(rec.POS)
-            refs.append(rec.REF)
-            alts.append(rec.ALT[0])
+            if len(sites) > 1:
+                split += 1
+                if len(split_examples) < 3:
+                    split_examples.append(where)
+            for alt, gt in sites:
+                if (rec.REF, alt) in at_position:
+                    raise UserError(
+                        path, f"duplicate record (a second {rec.REF}/{alt} at the same position)",
+                        "keep one record a site and allele, e.g. `bcftools norm -d exact`", where,
+                    )
+                at_position.add((rec.REF, alt))
+                if not (_ACGT.fullmatch(rec.REF) and _ACGT.fullmatch(alt)):
+                    other += 1
+                    if len(other_examples) < 3:
+                        other_examples.append(where)
+                alleles, unphased = _haplotype_row(gt, samples, path, where, allow_missing, allow_unphased)
+                rows.append(alleles)
+                if allow_unphased:
+                    loose.append(unphased)
+                positions.append(rec.POS)
+                refs.append(rec.REF)
+                alts.append(alt)
             tick()
     if not rows:
         scope = f" in region {region}" if region else ""
@@ -282,6 +301,8 @@ def read_panel(
         contig_length=contig_lengths.get(contig),
         skipped_multiallelic=skipped,
         skipped_examples=skipped_examples,
+        split_multiallelic=split,
+        split_examples=split_examples,
         other_alleles=other,
         other_examples=other_examples,
         unphased=np.stack(loose) if allow_unphased else None,
@@ -302,6 +323,25 @@ def checked_records(records: Iterator[Variant], path: str) -> Iterator[Variant]:
                             "or a GT not like 0|1?)", "fix or drop it, and check the file with `bcftools view`") from None
         last = f"{rec.CHROM}:{rec.POS}"
         yield rec
+
+
+def biallelic_sites(rec: Variant, path: str) -> list[tuple[str, np.ndarray]]:
+    """The one rule, for every reader, of which sites a record holds: (ALT, genotype array) for each ALT allele
+    that is an allele (a base, a symbolic one such as <DEL>, or '*'). A biallelic record is one site; a
+    multiallelic one is split as `bcftools norm -m -` splits it: site i calls ALT i 1 and every other allele 0
+    (missing stays missing). cyvcf2's genotype arrays: [samples, ploidy + 1], last column the phased flag."""
+    gt = genotypes(rec, path)
+    alts = [alt for alt in rec.ALT if alt not in ("", ".")]
+    if len(rec.ALT) == 1:
+        return [(alts[0], gt)] if alts else []
+    sites = []
+    for number, alt in enumerate(rec.ALT, start=1):
+        if alt in ("", "."):
+            continue
+        calls = gt[:, :-1]
+        recoded = np.where(calls == number, 1, np.where(calls >= 0, 0, calls))
+        sites.append((alt, np.concatenate([recoded, gt[:, -1:]], axis=1).astype(gt.dtype)))
+    return sites
 
 
 def biallelic_marker(rec: Variant) -> bool:

@@ -17,7 +17,7 @@ import numpy as np
 from cyvcf2 import VCF
 
 from ragprep.progress import console, record_spinner
-from ragprep.vcf import biallelic_marker, checked_records, genotypes, open_vcf
+from ragprep.vcf import biallelic_marker, biallelic_sites, checked_records, genotypes, open_vcf
 from ragtrain import metrics
 from stores import EmbeddingStore, open_store
 from stores.atomic import atomic_path
@@ -40,7 +40,7 @@ class Truth:
     counts: np.ndarray  # int8 [sites, samples]
     af: np.ndarray  # float64 [sites], NaN where no genotype is observed
     first: np.ndarray  # int8 [sites, samples]: the allele of the first haplotype of a phased call, else -1
-    skipped_multiallelic: int = 0
+    skipped_records: int = 0  # records without an ALT allele
 
 
 @dataclass
@@ -72,7 +72,8 @@ def _header_ids(vcf: VCF) -> dict[str, set[str]]:
 
 
 def read_truth(path: str) -> Truth:
-    """True genotypes of every biallelic record (phased or not): ALT allele count per sample, -1 if missing."""
+    """True genotypes of every site (phased or not; a multiallelic record split, one site an ALT): ALT allele
+    count per sample, -1 if missing."""
     vcf = open_vcf(path)
     samples = np.asarray(vcf.samples, dtype=str)
     if samples.size == 0:
@@ -85,16 +86,15 @@ def read_truth(path: str) -> Truth:
     skipped = 0
     with record_spinner(f"reading truth {path}") as tick:
         for rec in checked_records(iter(vcf), path):
-            if not biallelic_marker(rec):
-                skipped += 1
-                continue
-            gt = genotypes(rec, path)
-            calls = gt[:, :-1]  # last column: phased flag; -2 pads lower ploidy
-            count = (calls >= 1).sum(axis=1).astype(np.int8)
-            count[(calls == -1).any(axis=1)] = -1
-            index[(rec.CHROM, rec.POS, rec.REF, rec.ALT[0])] = len(rows)
-            rows.append(count)
-            firsts.append(first_allele(gt))
+            sites = biallelic_sites(rec, path)  # a multiallelic record: one site an ALT, as the panel reads it
+            skipped += not sites
+            for alt, gt in sites:
+                calls = gt[:, :-1]  # last column: phased flag; -2 pads lower ploidy
+                count = (calls >= 1).sum(axis=1).astype(np.int8)
+                count[(calls == -1).any(axis=1)] = -1
+                index[(rec.CHROM, rec.POS, rec.REF, alt)] = len(rows)
+                rows.append(count)
+                firsts.append(first_allele(gt))
             tick()
     if not rows:
         raise UserError(path, "the truth VCF has no biallelic records", "check the file")

@@ -19,7 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ragprep.vcf import MISSING, match_alleles, open_vcf, parse_region, read_panel, record_contigs
+from ragprep.vcf import (
+    MISSING,
+    AlleleMatch,
+    match_alleles,
+    open_vcf,
+    parse_region,
+    read_panel,
+    record_contigs,
+)
 from stores.errors import UserError
 from stores.reader import EmbeddingStore
 
@@ -45,7 +53,7 @@ class Targets:
     ambiguous_dropped: int = 0
     not_in_panel: int = 0
     missing_calls: int = 0
-    skipped_multiallelic: int = 0
+    split_multiallelic: int = 0
     contig_length: int | None = None  # from the target's ##contig header line, when it has one
     unphased: np.ndarray | None = None  # bool [typed sites, N]: heterozygous calls without phase, typed sites in order
 
@@ -70,8 +78,8 @@ class Targets:
             f"{self.missing_calls} missing calls; typed {self.n_typed} of {n_sites} panel sites "
             f"({100 * self.n_typed / max(n_sites, 1):.1f}%)"
         )
-        if self.skipped_multiallelic:
-            text += f"; skipped {self.skipped_multiallelic} multiallelic records"
+        if self.split_multiallelic:
+            text += f"; split {self.split_multiallelic} multiallelic records into biallelic sites"
         if self.unphased_samples:
             text += (f"; {self.unphased_samples} samples with unphased heterozygous calls "
                      f"({int(self.unphased.sum())} calls)")
@@ -102,9 +110,9 @@ def load_targets(path: str, store: EmbeddingStore, region: str | None = None) ->
 
     positions = np.asarray(store.positions)
     ref_alt = np.asarray(store.alleles_ref_alt)  # StringDType from zarr, or str
-    at = np.minimum(np.searchsorted(positions, target.positions), positions.size - 1)
-    at_site = positions[at] == target.positions
-    match = match_alleles(ref_alt[at, 0], ref_alt[at, 1], target.ref, target.alt)
+    at, match = _panel_sites(positions, ref_alt, target.positions, target.ref, target.alt)
+    at_site = at >= 0
+    at = np.maximum(at, 0)
     keep, recode, ambiguous = match.keep & at_site, match.recode & at_site, match.ambiguous & at_site
     if not keep.any():
         raise UserError(
@@ -135,10 +143,30 @@ def load_targets(path: str, store: EmbeddingStore, region: str | None = None) ->
         ambiguous_dropped=int(ambiguous.sum()),
         not_in_panel=int((~keep & ~ambiguous).sum()),
         missing_calls=int(missing.any(axis=2).sum()),
-        skipped_multiallelic=target.skipped_multiallelic,
+        split_multiallelic=target.split_multiallelic,
         contig_length=target.contig_length,
         unphased=unphased[typed],
     )
+
+
+def _panel_sites(positions: np.ndarray, ref_alt: np.ndarray, target_positions: np.ndarray, ref: np.ndarray,
+                 alt: np.ndarray) -> tuple[np.ndarray, AlleleMatch]:
+    """For each target record, the panel site it types (-1: none at its position) and how its alleles match.
+    Where a position holds several panel sites (a split multiallelic record), the one whose alleles match is
+    taken: the same REF/ALT first, then swapped or strand-flipped."""
+    first = np.searchsorted(positions, target_positions, side="left")
+    many = np.searchsorted(positions, target_positions, side="right") - first  # panel sites at the position
+    at = np.where(many > 0, first, -1)
+    candidate = np.minimum(first, positions.size - 1)
+    match = match_alleles(ref_alt[candidate, 0], ref_alt[candidate, 1], ref, alt)
+    for offset in range(1, int(many.max(initial=0))):
+        other = np.minimum(first + offset, positions.size - 1)
+        found = match_alleles(ref_alt[other, 0], ref_alt[other, 1], ref, alt)
+        better = (offset < many) & ((found.same & ~match.same) | (found.keep & ~match.keep))
+        at = np.where(better, other, at)
+        for name in ("same", "swapped", "flipped", "flipped_swapped", "ambiguous"):
+            setattr(match, name, np.where(better, getattr(found, name), getattr(match, name)))
+    return at, match
 
 
 def _contig_error(path: str, found: list[str], panel_contig: str, what: str = "the target's contigs are") -> UserError:

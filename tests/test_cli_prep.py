@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import TINY_CLI, good_records, stray_entries, vcf_record, write_vcf_text
 from cyvcf2 import VCF
@@ -55,7 +56,7 @@ BAD = {
     "unsorted": (good_records(range(100, 400, 100)) + good_records([250, 500]), None, [],
                  ["chr1:250: records are not sorted (this one follows chr1:300)", "bcftools sort"]),
     "duplicate": (good_records(range(100, 400, 100)) + good_records([300, 500]), None, [],
-                  ["chr1:300: duplicate position", "bcftools norm"]),
+                  ["chr1:300: duplicate record (a second A/G at the same position)", "bcftools norm"]),
     "two_contigs": (good_records() + good_records(chrom="chr2"), None, [],
                     ["chr2:100: records of a second contig (chr2 after chr1) and no --region",
                      "--region chr1"]),
@@ -65,7 +66,7 @@ BAD = {
                      ["no biallelic records in region chr1:5000-6000", "--region"]),
     "multiallelic": (before_and_after(vcf_record(400, "0|1", "0|2", "1|1", alt="G,T")), None,
                      ["--multiallelic", "error"],
-                     ["chr1:400: multiallelic record (ALT G,T)", "--multiallelic skip"]),
+                     ["chr1:400: multiallelic record (ALT G,T)", "--multiallelic split"]),
     "no_alt": (before_and_after(vcf_record(400, "0|0", "0|0", "0|0", alt=".")), None, [],
                ["chr1:400: record without an ALT allele", "bcftools view -m2 -M2"]),
 }
@@ -134,13 +135,34 @@ def test_multiallelic_records_are_skipped_counted_and_named(tmp_path):
         records.append(vcf_record(pos, "0|1", "0|2", "1|1", alt="G,T"))
     path = write_vcf_text(tmp_path / "multi.vcf.gz", sorted(records, key=lambda r: int(r.split("\t")[1])))
     out = tmp_path / "store.zarr"
-    result = invoke("encode", path, "--out", out, *TINY_CLI)
+    result = invoke("encode", path, "--out", out, "--multiallelic", "skip", *TINY_CLI)
     assert result.exit_code == 0, result.output
     summary = [line for line in result.stderr.splitlines() if line.startswith(f"{path}: ")]
     assert summary == [(f"{path}: 3 samples (6 haplotypes), 9 biallelic sites on chr1 (100-900); "
                         "skipped 4 multiallelic records (first: chr1:150, chr1:250, chr1:350)")]
     store = open_store(str(out))
     assert store.positions.tolist() == list(range(100, 1000, 100))
+
+
+def test_multiallelic_records_are_split_by_default(tmp_path):
+    """`encode` splits a multiallelic record as `bcftools norm -m -` does: one site an ALT allele at the same
+    position, that ALT 1 and every other allele 0; a second record with the same REF/ALT is refused."""
+    records = good_records(range(100, 1000, 100)) + [vcf_record(450, "0|1", "2|0", "1|2", alt="G,T")]
+    path = write_vcf_text(tmp_path / "multi.vcf.gz", sorted(records, key=lambda r: int(r.split("\t")[1])))
+    out = tmp_path / "store.zarr"
+    result = invoke("encode", path, "--out", out, *TINY_CLI)
+    assert result.exit_code == 0, result.output
+    assert "split 1 multiallelic records into biallelic sites" in result.stderr
+    store = open_store(str(out))
+    at = np.flatnonzero(store.positions == 450)
+    assert store.positions.size == 11 and at.size == 2
+    assert store.alleles_ref_alt[at].tolist() == [["A", "G"], ["A", "T"]]
+    alleles = store.alleles(slice(int(at[0]), int(at[1]) + 1))  # [haplotypes, 2 sites]
+    assert alleles[:, 0].tolist() == [0, 1, 0, 0, 1, 0] and alleles[:, 1].tolist() == [0, 0, 1, 0, 0, 1]
+    again = write_vcf_text(tmp_path / "twice.vcf.gz", sorted(records + [vcf_record(450, "0|1", "0|0", "1|1", alt="T")],
+                                                              key=lambda r: int(r.split("\t")[1])))
+    result = invoke("encode", again, "--out", tmp_path / "s2.zarr", *TINY_CLI)
+    assert result.exit_code == 2 and "duplicate record (a second A/T at the same position)" in result.stderr
 
 
 def test_region_picks_one_contig(tmp_path):

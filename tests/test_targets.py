@@ -154,3 +154,21 @@ def test_no_site_in_common(panel, store, tmp_path):
     with pytest.raises(UserError, match="none of the target's 3 sites") as err:
         load_targets(write_vcf(tmp_path / "t.vcf.gz", records), store)
     assert "genome build" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sites_of_a_split_multiallelic_record_are_told_apart_by_their_alleles(panel, store, tmp_path):
+    """Where the panel holds several sites at one position (a split multiallelic record), a target record types
+    the one with its alleles, and a multiallelic target record is split onto each."""
+    positions = np.asarray(store.positions)
+    at = int(np.flatnonzero(np.diff(positions) == 0)[0])  # sites at and at + 1 share a position
+    ref, first_alt = store.alleles_ref_alt[at]
+    second_alt = store.alleles_ref_alt[at + 1][1]
+    records = [(int(positions[at]), ref, second_alt, ["0|1", "1|1", "0|0", "1|0"])]
+    targets = load_targets(write_vcf(tmp_path / "second.vcf.gz", records), store)
+    assert np.flatnonzero(targets.typed).tolist() == [at + 1] and targets.matched == 1
+    assert targets.alleles[at + 1].tolist() == [0, 1, 1, 1, 0, 0, 1, 0]
+    records = [(int(positions[at]), ref, f"{first_alt},{second_alt}", ["0|2", "1|1", "2|0", "0|0"])]
+    targets = load_targets(write_vcf(tmp_path / "both.vcf.gz", records), store)
+    assert np.flatnonzero(targets.typed).tolist() == [at, at + 1] and targets.split_multiallelic == 1
+    assert targets.alleles[at].tolist() == [0, 0, 1, 1, 0, 0, 0, 0]
+    assert targets.alleles[at + 1].tolist() == [0, 1, 0, 0, 1, 0, 0, 0]

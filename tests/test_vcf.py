@@ -13,17 +13,19 @@ from stores.errors import UserError
 
 
 def read_with_cyvcf2(path) -> dict:
-    """The panel read directly with cyvcf2, independently of ragprep.vcf: biallelic records only."""
+    """The panel read directly with cyvcf2, independently of ragprep.vcf: a multiallelic record split into one
+    site an ALT allele (that ALT 1, any other allele 0)."""
     vcf = VCF(str(path))
     positions, ref, alt, rows, multiallelic = [], [], [], [], []
     for rec in vcf:
         if len(rec.ALT) != 1:
             multiallelic.append(f"{rec.CHROM}:{rec.POS}")
-            continue
-        positions.append(rec.POS)
-        ref.append(rec.REF)
-        alt.append(rec.ALT[0])
-        rows.append(np.array(rec.genotypes)[:, :2].reshape(-1))  # [S1a, S1b, S2a, ...]
+        for number, allele in enumerate(rec.ALT, start=1):
+            positions.append(rec.POS)
+            ref.append(rec.REF)
+            alt.append(allele)
+            calls = np.array(rec.genotypes)[:, :2]
+            rows.append((calls == number).astype(np.int8).reshape(-1))  # [S1a, S1b, S2a, ...]
     return {"samples": list(vcf.samples), "positions": np.array(positions), "ref": ref, "alt": alt,
             "haplotypes": np.array(rows).T, "multiallelic": multiallelic}  # haplotypes [2N, V]
 
@@ -40,10 +42,14 @@ def test_store_round_trip_equals_cyvcf2(panel_vcf, store_path):
     np.testing.assert_array_equal(store.alleles(), truth["haplotypes"])
     np.testing.assert_array_equal(store.alleles(slice(17, 90)), truth["haplotypes"][:, 17:90])
     assert store.n_haplotypes == 2 * len(truth["samples"])
-    # the session panel does hold a multiallelic record: it was skipped, counted and named
+    # the session panel does hold a multiallelic record: it was split (sites at one position), counted and named
     panel = read_panel(str(panel_vcf))
-    assert truth["multiallelic"] and panel.skipped_multiallelic == len(truth["multiallelic"])
-    assert panel.skipped_examples == truth["multiallelic"][:3]
+    assert truth["multiallelic"] and panel.split_multiallelic == len(truth["multiallelic"])
+    assert panel.split_examples == truth["multiallelic"][:3] and (np.diff(store.positions) == 0).any()
+    skipped = read_panel(str(panel_vcf), multiallelic="skip")
+    assert skipped.skipped_multiallelic == len(truth["multiallelic"])
+    multi = [int(where.split(":")[1]) for where in truth["multiallelic"]]
+    assert not np.isin(skipped.positions, multi).any() and np.isin(panel.positions, multi).sum() > len(multi)
 
 
 def test_af_is_alt_frequency_of_the_panel(panel_vcf, store_path):
@@ -105,7 +111,8 @@ def test_bad_call_names_file_site_and_sample(tmp_path, call, problem):
 
 def test_every_reader_takes_the_same_sites(tmp_path):
     """One rule for which records are sites: the panel reader (encode, impute's targets), split's reader and
-    evaluate's truth reader keep '*' and symbolic ALTs as biallelic markers and drop multiallelic records."""
+    evaluate's truth reader keep '*' and symbolic ALTs as biallelic markers; the panel and truth readers split a
+    multiallelic record into one site an ALT, which `split` (a biallelic panel maker) leaves out."""
     from ragprep.split import _read_calls
     from ragtrain.evaluate import read_truth
 
@@ -115,7 +122,8 @@ def test_every_reader_takes_the_same_sites(tmp_path):
     path = write_vcf_text(tmp_path / "kinds.vcf.gz", records, index=True)
     panel = read_panel(str(path))
     sites = {(int(p), r, a) for p, r, a in zip(panel.positions, panel.ref, panel.alt)}
-    assert sites == {(100, "A", "G"), (200, "A", "*"), (300, "A", "<DEL>"), (500, "AT", "A")}
-    assert panel.skipped_multiallelic == 1
-    assert {(pos, ref, alt) for _, pos, ref, alt in _read_calls(str(path)).keys} == sites
+    biallelic = {(100, "A", "G"), (200, "A", "*"), (300, "A", "<DEL>"), (500, "AT", "A")}
+    assert sites == biallelic | {(400, "A", "C"), (400, "A", "T")}
+    assert panel.split_multiallelic == 1
+    assert {(pos, ref, alt) for _, pos, ref, alt in _read_calls(str(path)).keys} == biallelic
     assert {(pos, ref, alt) for _, pos, ref, alt in read_truth(str(path)).index} == sites
