@@ -44,6 +44,7 @@ class Panel:
     other_alleles: int = 0  # kept records with a symbolic, '*' or non-ACGT allele (imputed like any biallelic marker)
     other_examples: list[str] = field(default_factory=list)
     unphased: np.ndarray | None = None  # bool [V, N]: heterozygous calls without phase (read with allow_unphased)
+    haploid: np.ndarray | None = None  # bool [V, N]: haploid calls (read with keep_ploidy), both haplotypes the allele
 
     @property
     def n_variants(self) -> int:
@@ -199,13 +200,16 @@ def read_panel(
     allow_missing: bool = False,
     what: str = "panel",
     allow_unphased: bool = False,
+    keep_ploidy: bool = False,
 ) -> Panel:
     """Read phased diploid biallelic records of one contig into a Panel; a multiallelic record is split into one
     biallelic site an ALT allele (as `bcftools norm -m -` splits it), skipped, or refused (`multiallelic`).
 
     `allow_missing` keeps missing alleles as -1 (targets); a panel must be complete. `allow_unphased` keeps
     unphased heterozygous calls (alleles in the order written) and marks them in `Panel.unphased` (targets,
-    which impute phases); a panel must be phased.
+    which impute phases); a panel must be phased. A haploid call (chrX outside the PARs in males, chrY, MT) is
+    read as a homozygous pair of haplotypes carrying its allele; `keep_ploidy` marks them in `Panel.haploid`
+    (targets, whose output is written haploid there).
     Every problem raises UserError naming the file, contig:pos, the sample where it applies, and the fix.
     """
     vcf = open_vcf(path)
@@ -221,6 +225,7 @@ def read_panel(
     alts: list[str] = []
     rows: list[np.ndarray] = []
     loose: list[np.ndarray] = []
+    single: list[np.ndarray] = []
     contig: str | None = None
     skipped = other = split = 0
     skipped_examples: list[str] = []
@@ -279,10 +284,12 @@ def read_panel(
                     other += 1
                     if len(other_examples) < 3:
                         other_examples.append(where)
-                alleles, unphased = _haplotype_row(gt, samples, path, where, allow_missing, allow_unphased)
+                alleles, unphased, haploid = _haplotype_row(gt, samples, path, where, allow_missing, allow_unphased)
                 rows.append(alleles)
                 if allow_unphased:
                     loose.append(unphased)
+                if keep_ploidy:
+                    single.append(haploid)
                 positions.append(rec.POS)
                 refs.append(rec.REF)
                 alts.append(alt)
@@ -306,6 +313,7 @@ def read_panel(
         other_alleles=other,
         other_examples=other_examples,
         unphased=np.stack(loose) if allow_unphased else None,
+        haploid=np.stack(single) if keep_ploidy else None,
     )
 
 
@@ -429,21 +437,25 @@ def _records(vcf: VCF, path: str, region: str | None, wanted: tuple[str, int, in
 
 
 def _haplotype_row(gt: np.ndarray, samples: np.ndarray, path: str, where: str, allow_missing: bool,
-                   allow_unphased: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """cyvcf2 genotype array [N, ploidy + 1] (last column: phased flag) -> int8 [2N] haplotype alleles and
-    bool [N] unphased heterozygous calls (an unphased homozygote is as good as phased)."""
+                   allow_unphased: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """cyvcf2 genotype array [N, ploidy + 1] (last column: phased flag) -> int8 [2N] haplotype alleles, bool [N]
+    unphased heterozygous calls (an unphased homozygote is as good as phased) and bool [N] haploid calls (both
+    haplotypes carry the allele)."""
     calls = gt[:, :-1]
     ploidy = (calls != -2).sum(axis=1)  # -2 pads calls of a lower ploidy than the record's widest
     blank = (ploidy == 1) & (calls[:, 0] == MISSING)  # GT ".": a missing call of unwritten ploidy
-    wrong = (ploidy != 2) & ~blank
+    haploid = (ploidy == 1) & ~blank
+    wrong = ploidy > 2
     if wrong.any():
         bad = int(np.argmax(wrong))
         raise UserError(
-            path, f"sample {samples[bad]} has ploidy {ploidy[bad]}; ragsnv needs diploid calls",
-            "keep diploid samples and contigs only (e.g. `bcftools view -s` or drop chrX/chrY)", where,
+            path, f"sample {samples[bad]} has ploidy {ploidy[bad]}; ragsnv reads haploid and diploid calls",
+            "keep haploid and diploid samples and contigs only (e.g. `bcftools view -s`)", where,
         )
     alleles = np.full((calls.shape[0], 2), MISSING, dtype=np.int8)
-    alleles[~blank] = calls[~blank, :2]
+    diploid = ploidy == 2
+    alleles[diploid] = calls[diploid, :2]
+    alleles[haploid] = calls[haploid, :1]
     missing = (alleles == MISSING).any(axis=1)
     if missing.any() and not allow_missing:
         bad = int(np.argmax(missing))
@@ -459,4 +471,4 @@ def _haplotype_row(gt: np.ndarray, samples: np.ndarray, path: str, where: str, a
             path, f"sample {samples[bad]} is unphased",
             "phase the file first (e.g. Beagle 5 or SHAPEIT5)", where,
         )
-    return alleles.reshape(-1), unphased
+    return alleles.reshape(-1), unphased, haploid

@@ -161,7 +161,8 @@ def impute(target_vcf: str, store_url: str, model_path: str, out: str, device: s
         prob = imputer.probabilities(queries)
         with clock.stage("write VCF"):
             path = write_imputed_vcf(out, Sites.from_store(store, targets.contig_length), targets.sample_ids, prob,
-                                     targets.typed, targets.alleles, source=f"ragsnv impute --model {model_path}")
+                                     targets.typed, targets.alleles, source=f"ragsnv impute --model {model_path}",
+                                     haploid=targets.ploidy_one())
         return ImputeReport(path, len(targets.sample_ids), prob.shape[0], int(targets.typed.sum()),
                             time.perf_counter() - started, impute_stages(clock.seconds))
 

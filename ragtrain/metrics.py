@@ -139,7 +139,7 @@ def dr2_from_haplotypes(alt_prob: np.ndarray, threshold: float = 0.001) -> np.nd
     in Browning & Browning (2009), Am J Hum Genet 84:210-223, Appendix 1.
     """
     p = np.asarray(alt_prob, dtype=np.float64)
-    n_haps = p.shape[1]
+    n_haps = np.isfinite(p).sum(axis=1)  # NaN: a haplotype that is not there (a haploid call's second)
     s, s2 = np.nansum(p, axis=1), np.nansum(p * p, axis=1)
     mean_term = s * s / n_haps
     num, den = s2 - mean_term, s - mean_term

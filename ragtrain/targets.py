@@ -56,6 +56,19 @@ class Targets:
     split_multiallelic: int = 0
     contig_length: int | None = None  # from the target's ##contig header line, when it has one
     unphased: np.ndarray | None = None  # bool [typed sites, N]: heterozygous calls without phase, typed sites in order
+    haploid: np.ndarray | None = None  # bool [typed sites, N]: haploid calls (both haplotypes carry the allele)
+
+    def ploidy_one(self) -> np.ndarray | None:
+        """bool [panel sites, N]: where each sample is written haploid, the ploidy of its nearest typed site
+        (chrX: a male outside the PARs, whose boundaries the typed sites place); None if no call is haploid."""
+        if self.haploid is None or not self.haploid.any():
+            return None
+        rows = np.flatnonzero(self.typed)
+        sites = np.arange(self.typed.size)
+        right = np.minimum(np.searchsorted(rows, sites), rows.size - 1)
+        left = np.maximum(right - 1, 0)
+        nearest = np.where(np.abs(rows[left] - sites) <= np.abs(rows[right] - sites), left, right)
+        return self.haploid[nearest]
 
     @property
     def unphased_samples(self) -> int:
@@ -80,6 +93,8 @@ class Targets:
         )
         if self.split_multiallelic:
             text += f"; split {self.split_multiallelic} multiallelic records into biallelic sites"
+        if self.haploid is not None and self.haploid.any():
+            text += f"; {int(self.haploid.any(axis=0).sum())} samples with haploid calls"
         if self.unphased_samples:
             text += (f"; {self.unphased_samples} samples with unphased heterozygous calls "
                      f"({int(self.unphased.sum())} calls)")
@@ -100,7 +115,8 @@ def load_targets(path: str, store: EmbeddingStore, region: str | None = None) ->
     if header_contigs and store.contig not in header_contigs:
         raise _contig_error(path, header_contigs, store.contig)
     try:
-        target = read_panel(path, region or store.contig, allow_missing=True, what="target", allow_unphased=True)
+        target = read_panel(path, region or store.contig, allow_missing=True, what="target", allow_unphased=True,
+                            keep_ploidy=True)
     except UserError as err:
         if err.problem.startswith(_NO_RECORDS) and not header_contigs:
             found = list(record_contigs(path))
@@ -130,6 +146,8 @@ def load_targets(path: str, store: EmbeddingStore, region: str | None = None) ->
     typed[at[keep]] = True
     unphased = np.zeros((positions.size, target.n_samples), dtype=bool)
     unphased[at[keep]] = target.unphased[keep]
+    haploid = np.zeros((positions.size, target.n_samples), dtype=bool)
+    haploid[at[keep]] = target.haploid[keep]
     missing = calls.reshape(calls.shape[0], -1, 2) == MISSING
     return Targets(
         path=str(path),
@@ -146,6 +164,7 @@ def load_targets(path: str, store: EmbeddingStore, region: str | None = None) ->
         split_multiallelic=target.split_multiallelic,
         contig_length=target.contig_length,
         unphased=unphased[typed],
+        haploid=haploid[typed],
     )
 
 

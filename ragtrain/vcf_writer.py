@@ -57,6 +57,7 @@ def write_imputed_vcf(
     typed: np.ndarray | None = None,
     observed: np.ndarray | None = None,
     source: str = "ragsnv",
+    haploid: np.ndarray | None = None,
 ) -> Path:
     """Write `out` (.vcf.gz) and its tabix index `out`.tbi; returns `out`.
 
@@ -66,6 +67,8 @@ def write_imputed_vcf(
     typed: bool [sites], sites the target typed (no IMP flag); None: every site is imputed.
     observed: int8 [sites, 2N], the target's own alleles (Targets.alleles: -1 untyped or missing). At typed
       sites observed alleles replace the model's probabilities (written as 0/1); missing calls keep them.
+    haploid: bool [sites, N], calls written haploid (GT a, DS and HDS the first haplotype's, GP two values, as
+      Beagle writes chrX males), their second haplotype left out of DR2; None: every call diploid.
     With a Targets `t`: write_imputed_vcf(out, store, t.sample_ids, probs, t.typed, t.alleles).
     """
     out = check_output(out)
@@ -88,8 +91,12 @@ def write_imputed_vcf(
                 for start in range(0, n_sites, CHUNK_SITES):
                     rows = order[start:start + CHUNK_SITES]
                     chunk = _final_probs(probs[rows], typed[rows], None if observed is None else observed[rows])
-                    dr2 = dr2_from_haplotypes(chunk)
-                    columns = _sample_columns(np.rint(chunk * SCALE).astype(np.int32))
+                    single = None if haploid is None else np.asarray(haploid[rows], dtype=bool)
+                    present = chunk.copy()
+                    if single is not None:
+                        present[:, 1::2][single] = np.nan  # a haploid call's second haplotype is not there
+                    dr2 = dr2_from_haplotypes(present)
+                    columns = _sample_columns(np.rint(chunk * SCALE).astype(np.int32), single)
                     lines = [
                         f"{sites.contig}\t{int(sites.positions[i])}\t.\t{sites.ref[i]}\t{sites.alt[i]}\t.\tPASS\t"
                         f"AF={_trim(f'{float(sites.af[i]):.4f}')};DR2={_milli(round(float(r2) * SCALE))}"
@@ -159,22 +166,34 @@ def _header(sites: Sites, sample_ids: np.ndarray, source: str) -> str:
         '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype (phased best guess)">',
         '##FORMAT=<ID=DS,Number=A,Type=Float,Description="Estimated ALT dose [P(RA) + 2*P(AA)]">',
         '##FORMAT=<ID=GP,Number=G,Type=Float,Description="Estimated genotype probabilities P(RR), P(RA), P(AA)">',
-        '##FORMAT=<ID=HDS,Number=2,Type=Float,Description="Estimated haplotype ALT doses">',
+        '##FORMAT=<ID=HDS,Number=.,Type=Float,Description="Estimated haplotype ALT doses">',
         "#" + "\t".join(["CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", *sample_ids]),
     ]
     return "\n".join(lines) + "\n"
 
 
-def _sample_columns(milli: np.ndarray) -> list[str]:
-    """Tab-joined sample fields of each site from haplotype ALT probabilities in thousandths [sites, 2N].
+def _sample_columns(milli: np.ndarray, haploid: np.ndarray | None = None) -> list[str]:
+    """Tab-joined sample fields of each site from haplotype ALT probabilities in thousandths [sites, 2N]; a call
+    marked in `haploid` [sites, N] is written from its first haplotype alone.
 
-    A sample's field depends only on its two rounded probabilities: each distinct pair is formatted once,
-    with numpy string operations, and the sites' columns are gathered from those.
+    A sample's field depends only on its two rounded probabilities (or one, haploid): each distinct code is
+    formatted once, with numpy string operations, and the sites' columns are gathered from those.
     """
     pairs = milli[:, 0::2] * (SCALE + 1) + milli[:, 1::2]
+    if haploid is not None:
+        pairs = np.where(haploid, (SCALE + 1) ** 2 + milli[:, 0::2], pairs)  # codes past every pair's
     unique, inverse = np.unique(pairs, return_inverse=True)
-    fields = _genotype_fields(unique // (SCALE + 1), unique % (SCALE + 1)).astype(object)
+    single = unique >= (SCALE + 1) ** 2
+    fields = np.empty(unique.shape, dtype=object)
+    fields[~single] = _genotype_fields(unique[~single] // (SCALE + 1), unique[~single] % (SCALE + 1))
+    fields[single] = _haploid_fields(unique[single] - (SCALE + 1) ** 2)
     return ["\t".join(row) for row in fields[inverse.reshape(pairs.shape)].tolist()]
+
+
+def _haploid_fields(h: np.ndarray) -> np.ndarray:
+    """GT:DS:GP:HDS strings of haploid calls from the ALT probability in thousandths: GT 0 or 1, GP P(R), P(A)."""
+    n = _NUMBERS
+    return np.where(h > SCALE // 2, "1", "0") + ":" + n[h] + ":" + n[SCALE - h] + "," + n[h] + ":" + n[h]
 
 
 def _genotype_fields(h1: np.ndarray, h2: np.ndarray) -> np.ndarray:

@@ -169,7 +169,7 @@ def model_of_another_store(w: World) -> Path:
 
 
 UNPHASED = made("unphased.vcf.gz", edit=edit_record(3, 10, "0/1"))
-HAPLOID = made("haploid.vcf.gz", edit=edit_record(3, 11, "1"))
+TRIPLOID = made("triploid.vcf.gz", edit=edit_record(3, 11, "1|0|1"))
 MISSING_ALLELE = made("missing.vcf.gz", edit=edit_record(3, 9, ".|1"))
 UNSORTED = made("unsorted.vcf.gz", edit=edit_record(3, 1, "5"), index=False)
 DUPLICATE_SAMPLE = made("dupsample.vcf.gz", edit=rename_sample(2, "YRI_0"), index=False)
@@ -206,8 +206,8 @@ CASES: dict[str, Case] = {
     "encode unphased": Case("prep", lambda w: ["encode", UNPHASED(w), "--out", w.path("s5.zarr")],
                             lambda w: ["unphased.vcf.gz", "chr22:", "sample YRI_1 is unphased", "fix: phase"],
                             no_store("s5.zarr")),
-    "encode haploid": Case("prep", lambda w: ["encode", HAPLOID(w), "--out", w.path("s6.zarr")],
-                           lambda w: ["haploid.vcf.gz", "sample YRI_2 has ploidy 1"], no_store("s6.zarr")),
+    "encode triploid": Case("prep", lambda w: ["encode", TRIPLOID(w), "--out", w.path("s6.zarr")],
+                            lambda w: ["triploid.vcf.gz", "sample YRI_2 has ploidy 3"], no_store("s6.zarr")),
     "encode missing allele": Case("prep", lambda w: ["encode", MISSING_ALLELE(w), "--out", w.path("s7.zarr")],
                                   lambda w: ["missing.vcf.gz", "sample YRI_0 has a missing allele"], no_store("s7.zarr")),
     "encode unsorted": Case("prep", lambda w: ["encode", UNSORTED(w), "--out", w.path("s8.zarr")],

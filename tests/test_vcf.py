@@ -92,12 +92,19 @@ def test_targets_keep_missing_calls(tmp_path):
     np.testing.assert_allclose(panel.af, [3 / 4, 1 / 2, 2 / 5])  # over observed haplotypes only
 
 
+def test_haploid_calls_are_read_as_a_homozygous_pair_and_marked(tmp_path):
+    """chrX males outside the PARs: a haploid call is both haplotypes' allele, and keep_ploidy marks it."""
+    records = good_records(range(100, 400, 100)) + [vcf_record(400, "0|1", "1", "0")]
+    panel = read_panel(str(write_vcf_text(tmp_path / "x.vcf.gz", records)), keep_ploidy=True)
+    assert panel.alleles[-1].tolist() == [0, 1, 1, 1, 0, 0]
+    assert panel.haploid[-1].tolist() == [False, True, True] and not panel.haploid[:-1].any()
+
+
 @pytest.mark.parametrize(("call", "problem"), [
     ("0/1", "sample S2 is unphased"),
     ("./.", "sample S2 has a missing allele"),  # cyvcf2 flags it unphased: missing must win
     (".|.", "sample S2 has a missing allele"),
     (".", "sample S2 has a missing allele"),
-    ("1", "sample S2 has ploidy 1"),
     ("0|1|1", "sample S2 has ploidy 3"),
 ])
 def test_bad_call_names_file_site_and_sample(tmp_path, call, problem):
