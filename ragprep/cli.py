@@ -73,10 +73,11 @@ def simulate(
     console.print(f"wrote {path}: {ts.num_individuals} samples, {ts.num_sites} sites ({model}, seed {seed})")
 
 
-@app.command(epilog="Example: ragprep encode panel.vcf.gz --out store.zarr --dtype int8 --shard 0/2")
+@app.command(epilog="Example: ragprep encode panel.vcf.gz --out store.zarr --dtype int8 --shard 0/2\n\n"
+             "ragprep encode genome.vcf.gz --out genome/    # several contigs: genome/chr1.zarr, genome/chr2.zarr, ...")
 def encode(
-    vcf: Annotated[Path, typer.Argument(help="Phased reference panel VCF/BCF (one contig, or use --region).")],
-    out: Annotated[str, typer.Option(help="Store path or fsspec URL (a Zarr v3 group).")],
+    vcf: Annotated[Path, typer.Argument(help="Phased reference panel VCF/BCF: one contig, several (one store each in the --out folder), or --region.")],
+    out: Annotated[str, typer.Option(help="Store path or fsspec URL (a Zarr v3 group); a folder for a multi-contig panel.")],
     preset: Annotated[Preset, typer.Option(help="Model size: demo (64/2/4, L 256) or research (192/10/6, L 1030).")] = Preset.demo,
     window: Annotated[int | None, typer.Option(help="Sites a window (L); overrides the preset.")] = None,
     stride: Annotated[int | None, typer.Option(help="Sites between window starts (default L - L/8).")] = None,
@@ -101,11 +102,15 @@ def encode(
     """Run every reference haplotype window once through a frozen encoder; write a chunked Zarr store.
 
     Resumable: re-running the same command skips windows already written. Under `torchrun --nproc-per-node N`
-    process r encodes shard r/N (GPU LOCAL_RANK where CUDA is); rank 0 creates the store.
+    process r encodes shard r/N (GPU LOCAL_RANK where CUDA is); rank 0 creates the store. A panel with records
+    of several contigs (and no --region) is encoded contig by contig into the --out folder: OUT/CONTIG.zarr each,
+    OUT/contigs.txt their order (`fit` and `impute` take the folder).
     """
     from ragprep.encode import EncodeOptions
     from ragprep.encode import encode as run_encode
+    from ragprep.vcf import record_contigs
     from stores import open_store
+    from stores.genome import write_manifest
 
     with clean_errors():
         given = {"window": window, "d_model": d_model, "n_layers": layers, "n_heads": heads, "d_memory": d_memory}
@@ -119,13 +124,23 @@ def encode(
             overwrite=overwrite, compressor=compressor.value, hap_block=hap_block, sharded=sharded, region=region,
             multiallelic=multiallelic.value, genetic_map=str(genetic_map) if genetic_map else None,
         )
+        contigs = list(record_contigs(str(vcf))) if region is None else []
+        jobs = [(None, out)]
+        if len(contigs) > 1:
+            write_manifest(out, contigs)
+            jobs = [(contig, f"{out}/{contig}.zarr") for contig in contigs]
         try:
-            report = run_encode(str(vcf), out, options)
+            for number, (contig, path) in enumerate(jobs, start=1):
+                if contig is not None:
+                    console.print(f"[bold]contig {contig}[/bold] ({number} of {len(jobs)}) -> {path}")
+                report = run_encode(str(vcf), path, options if contig is None else replace(options, region=contig))
+                if is_main_process():
+                    _encoded(report, open_store(path, require_complete=False))
         finally:
             finish()
-        store = open_store(out, require_complete=False)
-    if not is_main_process():
-        return
+
+
+def _encoded(report, store) -> None:
     state = "complete" if report.windows_done == report.windows_total else "incomplete"
     console.print(
         f"encoded {report.windows_encoded} windows on {report.device} in {report.seconds:.1f} s "
@@ -147,10 +162,16 @@ def inspect(
     """Report a store: format, panel, windows done, encoder fingerprint, dims, dtype, bytes on disk, checksums."""
     from ragprep.progress import progress_bar
     from stores import StoreWriter, UserError, open_store
+    from stores.genome import contig_stores
 
     with clean_errors():
         if repair and not verify:
             raise UserError("--repair", "repairs what --verify finds", "give --verify too")
+        genome = contig_stores(store_url)
+        if genome:
+            first = next(iter(genome.values()))
+            raise UserError(store_url, f"is a genome folder: one store a contig ({', '.join(genome)})",
+                            f"inspect a contig's store, e.g. `ragprep inspect {first}`")
         store = open_store(store_url, require_complete=False)
         info = store.summary()
         if verify:

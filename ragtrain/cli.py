@@ -54,7 +54,8 @@ _SELECTION = Selection(_RETRIEVAL.selection)
 
 
 @app.command(epilog="Examples: ragtrain fit --store store.zarr --out runs/exp1 --max-steps 300\n\n"
-             "ragtrain fit --store store.zarr --out runs/exp1 --resume    # continues where it stopped")
+             "ragtrain fit --store store.zarr --out runs/exp1 --resume    # continues where it stopped\n\n"
+             "ragtrain fit --store genome/ --out runs/genome --targets array.vcf.gz    # one model a contig")
 def fit(
     ctx: typer.Context,
     store: Annotated[str, typer.Option(help="Embedding store from `ragprep encode` (path or fsspec URL).")],
@@ -101,9 +102,11 @@ def fit(
     """Train a BERT over query haplotypes that cross-attends to retrieved, precomputed reference memory.
 
     Under `torchrun --nproc-per-node N` every process trains its share of each batch (DistributedDataParallel:
-    NCCL on CUDA, gloo on the CPU); --batch-size is per process.
+    NCCL on CUDA, gloo on the CPU); --batch-size is per process. With a genome folder (`ragprep encode` of a
+    multi-contig panel) as --store, one model a contig: OUT/CONTIG/.
     """
     from ragtrain.fit import fit as run_fit
+    from stores.genome import contig_stores
 
     with clean_errors():
         values = {name: _plain(value) for name, value in ctx.params.items()}
@@ -113,16 +116,23 @@ def fit(
                              local_flank=values.pop("local_flank"), ne=values.pop("ne"), mismatch=values.pop("mismatch"),
                              match_features=values.pop("match_features"), backend=values.pop("retrieval"))
         values["fusion_layers"] = _layers(values["fusion_layers"])
+        genome = contig_stores(store)
+        jobs = [(None, store, str(out))]
+        if genome:
+            jobs = [(contig, path, str(out / contig)) for contig, path in genome.items()]
         try:
-            result = run_fit(FitOptions(**values, retrieval=spec))
+            for number, (contig, path, run) in enumerate(jobs, start=1):
+                if contig is not None and is_main_process():
+                    console.print(f"[bold]contig {contig}[/bold] ({number} of {len(jobs)}) -> {run}")
+                result = run_fit(FitOptions(**{**values, "store": path, "out": run}, retrieval=spec))
+                if is_main_process():
+                    best = ("no validation samples" if result.best_r2 == -math.inf
+                            else f"best validation r2 {result.best_r2:.4f}")
+                    console.print(f"{result.steps} steps, {result.steps_per_s:.2f} steps/s, data wait "
+                                  f"{result.data_wait:.1%}; {best}; checkpoints in {run}")
+                    print_metrics(result.last_metrics)
         finally:
             finish()
-    if not is_main_process():
-        return
-    best = "no validation samples" if result.best_r2 == -math.inf else f"best validation r2 {result.best_r2:.4f}"
-    console.print(f"{result.steps} steps, {result.steps_per_s:.2f} steps/s, data wait {result.data_wait:.1%}; "
-                  f"{best}; checkpoints in {out}")
-    print_metrics(result.last_metrics)
 
 
 def _plain(value: object) -> object:

@@ -22,6 +22,7 @@ from ragtrain import metrics
 from stores import EmbeddingStore, open_store
 from stores.atomic import atomic_path
 from stores.errors import UserError, check_writable
+from stores.genome import contig_stores
 
 SiteKey = tuple[str, int, str, str]  # contig, position, REF, ALT
 IMPUTED_FLAGS = ("IMP", "IMPUTED")  # Beagle, Minimac4
@@ -204,14 +205,19 @@ def read_imputed(path: str, all_sites: bool = False) -> Imputed:
 
 
 def store_af(store: str | EmbeddingStore, truth: Truth) -> np.ndarray:
-    """ALT frequency of each truth site from the store's variant_af, matched by position, REF and ALT (NaN: not in it)."""
-    opened = open_store(store, require_complete=False) if isinstance(store, str) else store
-    alleles = opened.alleles_ref_alt
-    af_by_site = {(int(pos), str(ref), str(alt)): float(af)
-                  for pos, (ref, alt), af in zip(opened.positions, alleles[:, :2], opened.af)}
+    """ALT frequency of each truth site from the store's variant_af (every contig's, for a genome folder),
+    matched by contig, position, REF and ALT (NaN: not in it)."""
+    genome = contig_stores(store) if isinstance(store, str) else {}
+    stores = [open_store(url, require_complete=False) for url in genome.values()] if genome else [
+        open_store(store, require_complete=False) if isinstance(store, str) else store]
+    af_by_site = {}
+    for opened in stores:
+        alleles = opened.alleles_ref_alt
+        af_by_site.update({(opened.contig, int(pos), str(ref), str(alt)): float(af)
+                           for pos, (ref, alt), af in zip(opened.positions, alleles[:, :2], opened.af)})
     af = np.full(truth.counts.shape[0], np.nan)
-    for (_, pos, ref, alt), row in truth.index.items():
-        af[row] = af_by_site.get((pos, ref, alt), np.nan)
+    for key, row in truth.index.items():
+        af[row] = af_by_site.get(key, np.nan)
     return af
 
 
@@ -265,9 +271,10 @@ def evaluate(imputed_paths: list[str], truth_path: str, out_dir: str, store: str
     out = _report_folder(out_dir)
     for path in imputed_paths:  # fail fast, before reading a large truth
         _open_imputed(str(path))
-    opened = open_store(store, require_complete=False) if store else None
+    if store and not contig_stores(store):
+        open_store(store, require_complete=False)  # fail fast, before reading a large truth
     truth = read_truth(truth_path)
-    af_all = store_af(opened, truth) if opened is not None else truth.af
+    af_all = store_af(store, truth) if store else truth.af
     maf_source = f"store {store} (variant_af)" if store else f"truth genotypes ({truth_path})"
     rows: list[dict] = []
     sections: list[str] = []

@@ -14,14 +14,17 @@ import torch
 
 from ragprep.encode import resolve_device
 from ragprep.progress import StageClock, console, progress_bar
+from ragprep.vcf import parse_region, record_contigs
 from ragtrain.checkpoint import load_checkpoint
 from ragtrain.data import BatchBuilder, Prefetcher, QuerySet, external_queries, inference_plan
 from ragtrain.model import RagImputer, batch_logits
 from ragtrain.phasing import phase_targets
 from ragtrain.retrieval import RetrievalSpec
 from ragtrain.targets import load_targets
-from ragtrain.vcf_writer import Sites, check_output, write_imputed_vcf
+from ragtrain.vcf_writer import Sites, check_output, concatenate_vcfs, write_imputed_vcf
 from stores import EmbeddingStore, open_store
+from stores.errors import UserError
+from stores.genome import contig_stores
 from stores.lock import output_lock
 
 Stitch = Literal["core", "average"]
@@ -142,8 +145,14 @@ class Imputer:
 def impute(target_vcf: str, store_url: str, model_path: str, out: str, device: str = "auto", batch_size: int = BATCH_SIZE,
            stitch: Stitch = "average", region: str | None = None, retrieval: str | None = None,
            workers: int = 0, seed: int = 1) -> ImputeReport:
+    """Phase and impute `target_vcf` against a store, or every contig of a genome folder (then `model_path` is
+    `fit`'s run folder, RUN/CONTIG/best.pt a contig, or one checkpoint or `copying` for all) into one VCF."""
     started = time.perf_counter()
     check_output(out)  # before the work, not after it
+    genome = contig_stores(store_url)
+    if genome:
+        return _impute_genome(target_vcf, genome, model_path, out, region, started, device=device,
+                              batch_size=batch_size, stitch=stitch, retrieval=retrieval, workers=workers, seed=seed)
     with output_lock(out):
         torch_device = resolve_device(device)
         store = open_store(store_url)
@@ -165,6 +174,37 @@ def impute(target_vcf: str, store_url: str, model_path: str, out: str, device: s
                                      haploid=targets.ploidy_one())
         return ImputeReport(path, len(targets.sample_ids), prob.shape[0], int(targets.typed.sum()),
                             time.perf_counter() - started, impute_stages(clock.seconds))
+
+
+def _impute_genome(target_vcf: str, genome: dict[str, str], model_path: str, out: str, region: str | None,
+                   started: float, **options) -> ImputeReport:
+    """Every contig of the genome the target has records on (or --region's), one after the other, into `out`."""
+    in_target = set(record_contigs(target_vcf)) or set(genome)  # a BCF's contigs are in its header: try each
+    wanted = parse_region(region)[0] if region else None
+    contigs = [contig for contig in genome if contig in in_target and wanted in (None, contig)]
+    if not contigs:
+        raise UserError(target_vcf, f"no records on the genome's contigs ({', '.join(genome)})"
+                        + (f" in --region {region}" if region else ""),
+                        "give a target of the same contigs (same naming, e.g. chr22 vs 22)")
+    out = Path(out)
+    parts = [out.with_name(f".{out.name.removesuffix('.vcf.gz')}.{contig}.part.vcf.gz") for contig in contigs]
+    reports = []
+    with output_lock(out):
+        try:
+            for number, (contig, part) in enumerate(zip(contigs, parts), start=1):
+                console.print(f"[bold]contig {contig}[/bold] ({number} of {len(contigs)})")
+                single = model_path == COPYING or Path(model_path).is_file()
+                model = model_path if single else str(Path(model_path) / contig / "best.pt")
+                reports.append(impute(target_vcf, genome[contig], model, str(part), region=region or contig,
+                                      **options))
+            path = concatenate_vcfs(parts, out)
+        finally:
+            for part in parts:
+                part.unlink(missing_ok=True)
+                Path(f"{part}.tbi").unlink(missing_ok=True)
+    stages = {name: sum(report.stages[name] for report in reports) for name in STAGES}
+    return ImputeReport(path, reports[0].samples, sum(r.sites for r in reports), sum(r.typed_sites for r in reports),
+                        time.perf_counter() - started, stages)
 
 
 def impute_stages(seconds: dict[str, float]) -> dict[str, float]:

@@ -13,6 +13,8 @@ Values print without trailing zeros ("0", "0.25", "1").
 
 from __future__ import annotations
 
+import gzip
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +106,37 @@ def write_imputed_vcf(
                         for i, r2, column in zip(rows.tolist(), dr2.tolist(), columns)
                     ]
                     handle.write("".join(lines).encode())
+            pysam.tabix_index(str(tmp), preset="vcf", force=True, index=str(tmp_index))
+    finally:
+        pysam.set_verbosity(verbosity)
+    return out
+
+
+def concatenate_vcfs(parts: list[Path], out: str | Path) -> Path:
+    """`out` (.vcf.gz, tabix-indexed): imputed VCFs of different contigs, in order, as one file under the first
+    one's header with every part's ##contig line."""
+    out = Path(out)
+    headers = []
+    for part in parts:
+        with gzip.open(part, "rt") as handle:
+            headers.append([line for line in itertools.takewhile(lambda text: text.startswith("#"), handle)])
+    contigs = [line for header in headers for line in header if line.startswith("##contig=")]
+    first = headers[0]
+    at = next(i for i, line in enumerate(first) if line.startswith("##contig="))
+    header = [line for line in first[:at] if not line.startswith("##contig=")] + contigs + [
+        line for line in first[at:] if not line.startswith("##contig=")]
+    verbosity = pysam.set_verbosity(0)
+    try:
+        with atomic_path(out) as tmp, atomic_path(f"{out}.tbi", out) as tmp_index:
+            with open(tmp, "wb"):  # fails cleanly where BGZFile would crash (an unwritable path)
+                pass
+            with BGZFile(str(tmp), "wb") as handle:
+                handle.write("".join(header).encode())
+                for part in parts:
+                    with gzip.open(part, "rb") as records:
+                        for line in records:
+                            if not line.startswith(b"#"):
+                                handle.write(line)
             pysam.tabix_index(str(tmp), preset="vcf", force=True, index=str(tmp_index))
     finally:
         pysam.set_verbosity(verbosity)
