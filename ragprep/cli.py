@@ -16,6 +16,7 @@ from ragprep.distributed import finish, is_main_process
 from ragprep.model import PRESETS
 from ragprep.progress import console
 from stores.schema import HAP_BLOCK
+from stores.errors import UserError
 
 app = typer.Typer(
     help="Prepare a reference panel for ragsnv: simulate, encode into an embedding store, inspect.\n\n"
@@ -127,6 +128,9 @@ def encode(
         contigs = list(record_contigs(str(vcf))) if region is None else []
         jobs = [(None, out)]
         if len(contigs) > 1:
+            if "://" in out:
+                raise UserError(out, f"a panel of {len(contigs)} contigs is encoded into a local folder, a store each",
+                                "give a local --out folder, or one contig with --region")
             write_manifest(out, contigs)
             jobs = [(contig, f"{out}/{contig}.zarr") for contig in contigs]
         try:
@@ -161,7 +165,7 @@ def inspect(
 ) -> None:
     """Report a store: format, panel, windows done, encoder fingerprint, dims, dtype, bytes on disk, checksums."""
     from ragprep.progress import progress_bar
-    from stores import StoreWriter, UserError, open_store
+    from stores import StoreWriter, open_store
     from stores.genome import contig_stores
 
     with clean_errors():

@@ -140,6 +140,8 @@ def record_contigs(path: str | Path) -> tuple[str, ...]:
         stat = os.stat(path)
     except OSError:
         return ()
+    if not os.path.isfile(path):  # a folder: open_vcf says so
+        return ()
     return _scan_record_contigs(str(path), stat.st_size, stat.st_mtime_ns)
 
 
