@@ -15,8 +15,8 @@ from ragprep.cli_support import Device, clean_errors, parse_shard
 from ragprep.distributed import finish, is_main_process
 from ragprep.model import PRESETS
 from ragprep.progress import console
-from stores.schema import HAP_BLOCK
 from stores.errors import UserError
+from stores.schema import HAP_BLOCK
 
 app = typer.Typer(
     help="Prepare a reference panel for ragsnv: simulate, encode into an embedding store, inspect.\n\n"
