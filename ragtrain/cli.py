@@ -60,7 +60,7 @@ def fit(
     ctx: typer.Context,
     store: Annotated[str, typer.Option(help="Embedding store from `ragprep encode` (path or fsspec URL).")],
     out: Annotated[Path, typer.Option(help="Run folder: last.pt, best.pt, metrics.csv (new or empty, unless --resume or --overwrite).")],
-    train: Annotated[Path | None, typer.Option(help="Separate phased training VCF (default: the panel, split by sample); the panel's validation samples are left out of it.")] = None,
+    train: Annotated[Path | None, typer.Option(help="Separate training VCF (default: the panel, split by sample; unphased calls are phased first); the panel's validation samples are left out of it.")] = None,
     rag_mode: Annotated[RagMode, typer.Option(help="precomputed (stored memory), online (research baseline), neighbours (retrieved alleles and copying weights, no stored memory: an ablation), none.")] = _RAG_MODE,
     k: Annotated[int, typer.Option(min=1, help="Neighbours retrieved a window.")] = _RETRIEVAL.k,
     retrieval_flank: Annotated[int, typer.Option(min=0, help="Sites each side of a segment whose observed alleles also inform the copying model and retrieval (arrays type ~1 % of sites).")] = _RETRIEVAL.flank,
