@@ -1,20 +1,25 @@
-"""Phase unphased target genotypes with a diploid copying model, before imputation (as Beagle phases and imputes
-in one run).
+"""Phase unphased target genotypes with the copying model, before imputation (as Beagle phases and imputes in one
+run). Two stages, each a Li-Stephens model over the panel at the target's typed sites:
 
-A sample's two haplotypes each copy a panel haplotype: the hidden state is the pair (c, d), c among the first
-haplotype's K states and d among the second's; each haplotype switches independently between typed sites
-(probability r from the genetic distance, as in `ragtrain.hmm`), and the pair emits the sample's genotype: a
-phased call or a homozygote in its order, an unphased heterozygote in either order, a missing call anything.
-Forward-backward gives, at each unphased heterozygote, the probability that its orientation is the same as at
-the sample's previous one; the more probable is taken (which minimises expected switch errors). Phased calls
-anchor the rest, so partly phased samples keep their phase.
+1. A diploid pair model. A sample's two haplotypes each copy a panel haplotype: the hidden state is the pair
+   (c, d), c among the first haplotype's K states and d among the second's; each haplotype switches
+   independently between typed sites (probability r from the genetic distance, as in `ragtrain.hmm`), and the
+   pair emits the genotype: a phased call or a homozygote in its order, an unphased heterozygote in either
+   order, a missing call anything. Forward-backward gives, at each unphased heterozygote, the probability that
+   its orientation is the same as at the sample's previous one; the more probable is taken (which minimises
+   expected switch errors). States: the same K for both haplotypes, those with the fewest opposite homozygotes
+   to the genotype (a later round: each haplotype's K nearest in the phase so far).
+2. Haploid sweeps. Both haplotypes copy the same `sweep_states` states, near either haplotype of the phase so
+   far; along the sites (left to right, then right to left, alternately) each unphased heterozygote keeps the
+   phase, switches it from there on, or swaps alone, whichever is more probable for the two haplotypes
+   together given the phase decided behind and the phase so far ahead.
 
-States are chosen afresh every `step` typed sites (a haplotype in both sets keeps its probability, a new one
-is entered by a switch), ranked over the `context` sites around: in round 0 the same K for both haplotypes,
-those with the fewest opposite homozygotes to the genotype; in later rounds each haplotype's K nearest
-(Hamming) in the previous round's phase. Long contigs are phased in overlapping chunks of typed sites, joined
-where they overlap (each sample's orientation that agrees at more heterozygotes). Cost: O(typed sites x K^2)
-a sample a round, batched over samples, on any torch device.
+States are chosen afresh every `step` typed sites, ranked over the `context` sites around (a haplotype in both
+sets keeps its probability, a new one is entered by a switch). Phased calls anchor the rest, so partly phased
+samples keep their phase; a sample also in the panel never copies its own haplotypes. Long contigs are phased
+in overlapping chunks of typed sites, joined where they overlap (each sample's orientation that agrees at more
+heterozygotes). Cost a sample: O(typed sites x K^2) for the pair model, O(typed sites x sweep states) a sweep,
+batched over samples on any torch device.
 """
 
 from __future__ import annotations
@@ -88,7 +93,7 @@ def phase(genotypes: np.ndarray, unphased: np.ndarray, panel: np.ndarray, cm: np
     unphased: bool [T, N] heterozygous calls without phase; panel: int8 [H, T] the panel's alleles at those
     sites; cm: float64 [T] their genetic positions; owner: int [N] each sample's index in the panel when it is
     there too (its own two haplotypes are never its states, as in imputation), else -1. Phased and homozygous
-    calls come back as given, missing ones as -1. `on_pass(done, total)` reports progress after each pass over the samples.
+    calls come back as given, missing ones as -1. `on_pass(done, total)` reports progress after each pass.
     """
     genotypes = np.asarray(genotypes, dtype=np.int8).copy()
     genotypes[(genotypes == MISSING).any(axis=2)] = MISSING
