@@ -16,6 +16,7 @@
 #              data wait, validation r2; fit-zstd-thread: the same with batches built in one thread
 #   impute-copying  impute the held-out targets with the copying model alone (`--model copying`): the
 #              engine's genotypes/s on the device and its stage split
+#   impute-unphased  the same from the targets unphased (`ragprep unphase`): phasing's time on the device
 #   impute-*   impute the held-out targets: genotypes/s and the stage split
 #   maxbatch   ragtrain bench --suites maxbatch: largest batch per mode at the largest k (the time left)
 #   report     gpu-bench.json and gpu-bench.md from all of the above
@@ -143,6 +144,9 @@ main() {
         # the copying model alone on the device (the engine every fit and impute runs): genotypes/s, stages
         part "impute-copying" "$BUDGET_IMPUTE" "$PY" benchmarks/gpu_pipeline.py impute --work "$WORK" \
             --panel "$PANEL" --compressor zstd --label copying --copying --device "$DEVICE"
+        # the same from unphased targets: phasing on the device (its stage in the split)
+        part "impute-unphased" "$BUDGET_IMPUTE" "$PY" benchmarks/gpu_pipeline.py impute --work "$WORK" \
+            --panel "$PANEL" --compressor zstd --label copying-unphased --copying --unphased --device "$DEVICE"
         for compressor in zstd none; do
             part "fit-$compressor" "$BUDGET_FIT" "$PY" benchmarks/gpu_pipeline.py fit --work "$WORK" \
                 --panel "$PANEL" --compressor "$compressor" --fit-steps "$FIT_STEPS" --fit-batch "$FIT_BATCH" \

@@ -89,7 +89,13 @@ def impute_stage(args: argparse.Namespace) -> None:
     from ragtrain.impute import impute
 
     model = "copying" if args.copying else str(args.work / f"fit-{args.label}" / "last.pt")
-    report = impute(str(args.target), str(_store(args.work, args.compressor)), model,
+    target = args.target
+    if getattr(args, "unphased", False):  # an array lab's genotypes: impute phases them first
+        from ragprep.split import unphase_vcf
+
+        target = args.work / "target.unphased.vcf.gz"
+        unphase_vcf(args.target, target, seed=1)
+    report = impute(str(target), str(_store(args.work, args.compressor)), model,
                     str(args.work / f"imputed-{args.label}.vcf.gz"), device=args.device, retrieval="torch",
                     workers=args.workers)
     _add(args.work, "impute", args.label, {
@@ -185,6 +191,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="Batch-building processes for fit and impute.")
     parser.add_argument("--label", help="Row name (default: the compressor).")
     parser.add_argument("--copying", action="store_true", help="impute: the copying model alone (no fit needed).")
+    parser.add_argument("--unphased", action="store_true", help="impute: the targets unphased first (times phasing).")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.stage == "report":

@@ -35,6 +35,7 @@ def test_stages_add_rows_and_the_report_gathers_every_part(tmp_path):
             pipeline.fit_stage(args)
             pipeline.impute_stage(args)
         pipeline.impute_stage(Namespace(**common, compressor="zstd", label="copying", copying=True))
+        pipeline.impute_stage(Namespace(**common, compressor="zstd", label="unphased", copying=True, unphased=True))
     (work / "parts.tsv").write_text("encode-zstd\tok\t3\nfit-none\ttimeout after 90 s\t90\n")
     out.mkdir()
     pipeline.report(Namespace(work=work, out=out))
@@ -51,6 +52,8 @@ def test_stages_add_rows_and_the_report_gathers_every_part(tmp_path):
         assert data["pipeline"]["impute"][compressor]["genotypes_per_s"] > 0
     copying = data["pipeline"]["impute"]["copying"]
     assert copying["genotypes_per_s"] > 0 and copying["stages"]["copying model"] > 0
+    phasing = data["pipeline"]["impute"]["unphased"]["stages"]["phasing"]
+    assert phasing > 0.001 and phasing > 10 * copying["stages"]["phasing"]  # nothing to phase: nothing done
     text = (out / "gpu-bench.md").read_text()
     assert "| fit-none | timeout after 90 s | 90 |" in text
     assert "| zstd | False |" in text and "| none | True |" in text
