@@ -80,8 +80,10 @@ compare-admixed:
 
 # ragsnv and Beagle 5.4 on a real split: 1000 Genomes phase 3 EUR, chr20:1-4 Mb (Debian `shapeit4-example`).
 # The 300 reference + 202 phased samples of unphased.vcf.gz are merged; 50 are held out, typed at the OMNI
-# scaffold sites. Same stages and flags as `compare`.
+# scaffold sites. Same stages and flags as `compare`. `make compare-real MAP=1 COMPARE_REAL=compare-real-map`:
+# both tools given the region's genetic map (shapeit4's chr20.b37.gmap.gz; Beagle's copy in PLINK format).
 COMPARE_REAL ?= compare-real
+MAP          ?=
 REAL_DATA    ?= /usr/share/doc/shapeit4/examples/test
 compare-real: install
 	test -f $(REAL_DATA)/reference.vcf.gz || apt-get install -y -q shapeit4-example >/dev/null 2>&1 || \
@@ -95,8 +97,10 @@ compare-real-run:
 	/usr/bin/time -f "ragprep split wall %e s" $(BIN)/ragprep split $(REAL_DATA)/reference.vcf.gz \
 		$(REAL_DATA)/unphased.vcf.gz --out $(COMPARE_REAL)/panel.vcf.gz --holdout 50 \
 		--sites $(REAL_DATA)/scaffold.vcf.gz --seed $(SEED)
+	$(if $(MAP),zcat $(REAL_DATA)/chr20.b37.gmap.gz | awk 'NR > 1 {print $$2 "\t.\t" $$3 "\t" $$1}' \
+		> $(COMPARE_REAL)/chr20.plink.map)
 	/usr/bin/time -f "ragsnv encode wall %e s" $(BIN)/ragprep encode $(COMPARE_REAL)/panel.vcf.gz \
-		--out $(COMPARE_REAL)/store.zarr --seed $(SEED)
+		--out $(COMPARE_REAL)/store.zarr --seed $(SEED) $(if $(MAP),--genetic-map $(REAL_DATA)/chr20.b37.gmap.gz)
 	/usr/bin/time -f "ragsnv fit wall %e s" $(BIN)/ragtrain fit --store $(COMPARE_REAL)/store.zarr \
 		--out $(COMPARE_REAL)/run --targets $(COMPARE_REAL)/panel.target.vcf.gz --max-steps 400 --eval-every 200 \
 		--seed $(SEED)
@@ -107,7 +111,7 @@ compare-real-run:
 	if command -v beagle >/dev/null; then \
 		/usr/bin/time -f "beagle wall %e s" beagle ref=$(COMPARE_REAL)/panel.vcf.gz \
 			gt=$(COMPARE_REAL)/panel.target.vcf.gz out=$(COMPARE_REAL)/beagle gp=true seed=$(SEED) nthreads=2 \
-			>/dev/null && \
+			$(if $(MAP),map=$(COMPARE_REAL)/chr20.plink.map) >/dev/null && \
 		$(BIN)/ragtrain evaluate $(COMPARE_REAL)/ragsnv.vcf.gz $(COMPARE_REAL)/beagle.vcf.gz \
 			--truth $(COMPARE_REAL)/panel.truth.vcf.gz --store $(COMPARE_REAL)/store.zarr --out $(COMPARE_REAL)/report; \
 	else \
