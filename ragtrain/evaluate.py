@@ -17,7 +17,7 @@ import numpy as np
 from cyvcf2 import VCF
 
 from ragprep.progress import console, record_spinner
-from ragprep.vcf import biallelic_marker, biallelic_sites, checked_records, genotypes, open_vcf
+from ragprep.vcf import biallelic_sites, checked_records, open_vcf
 from ragtrain import metrics
 from stores import EmbeddingStore, open_store
 from stores.atomic import atomic_path
@@ -60,7 +60,7 @@ class Imputed:
     typed_first: np.ndarray | None = None  # int8 [typed sites, samples]: first haplotype's allele, -1 unphased
     n_records: int = 0
     skipped_typed: int = 0
-    skipped_multiallelic: int = 0
+    skipped_records: int = 0  # records without an ALT allele
 
 
 def _header_ids(vcf: VCF) -> dict[str, set[str]]:
@@ -171,27 +171,35 @@ def read_imputed(path: str, all_sites: bool = False) -> Imputed:
     with record_spinner(f"reading {path}") as tick:
         for rec in checked_records(iter(vcf), path):
             out.n_records += 1
-            if not biallelic_marker(rec):
-                out.skipped_multiallelic += 1
+            sites = biallelic_sites(rec, path)  # a multiallelic record: one site an ALT (DS, DR2 are Number=A)
+            if not sites:
+                out.skipped_records += 1
                 continue
             if flag is not None and not rec.INFO.get(flag):
                 out.skipped_typed += 1
-                out.typed_keys.append((rec.CHROM, rec.POS, rec.REF, rec.ALT[0]))
-                typed_first.append(first_allele(genotypes(rec, path)))
+                for alt, gt in sites:
+                    out.typed_keys.append((rec.CHROM, rec.POS, rec.REF, alt))
+                    typed_first.append(first_allele(gt))
                 continue
             where = f"{rec.CHROM}:{rec.POS}"
             ds = rec.format("DS")
-            if ds is None:
-                raise UserError(path, "record without FORMAT/DS", "write DS on every record", where)
-            dosages.append(ds[:, 0].astype(np.float32))
-            if has_gp:
-                gp = rec.format("GP")
-                gps.append(np.full((samples.size, 3), np.nan, np.float32) if gp is None or gp.shape[1] != 3
-                           else gp.astype(np.float32))
-            if dr2_field is not None:
-                value = rec.INFO.get(dr2_field)
-                dr2s.append(float(value) if isinstance(value, (int, float)) else math.nan)
-            out.keys.append((rec.CHROM, rec.POS, rec.REF, rec.ALT[0]))
+            if ds is None or ds.shape[1] < len(rec.ALT):
+                raise UserError(path, "record without FORMAT/DS for each ALT allele", "write DS on every record",
+                                where)
+            gp = rec.format("GP") if has_gp else None
+            value = rec.INFO.get(dr2_field) if dr2_field is not None else None
+            values = value if isinstance(value, tuple) else (value,) * len(rec.ALT)
+            for number, alt in enumerate(rec.ALT):
+                if alt in ("", "."):
+                    continue
+                dosages.append(ds[:, number].astype(np.float32))
+                if has_gp:  # per genotype: only a biallelic record's three are one site's
+                    gps.append(gp.astype(np.float32) if gp is not None and gp.shape[1] == 3 and len(rec.ALT) == 1
+                               else np.full((samples.size, 3), np.nan, np.float32))
+                if dr2_field is not None:
+                    dr2 = values[number] if number < len(values) else None
+                    dr2s.append(float(dr2) if isinstance(dr2, (int, float)) else math.nan)
+                out.keys.append((rec.CHROM, rec.POS, rec.REF, alt))
             tick()
     if not dosages:
         what = f"sites flagged INFO/{flag}" if flag else "biallelic records"

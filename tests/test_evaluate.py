@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from ragprep.vcf import read_panel
 from ragtrain.cli import app
-from ragtrain.evaluate import evaluate
+from ragtrain.evaluate import evaluate, read_imputed, read_truth
 from ragtrain.metrics import BIN_LABELS, assign_bins, maf_from_af
 from stores import open_store
 from stores.errors import UserError
@@ -223,3 +223,22 @@ def test_cli_bad_store_fails_before_reading(files, tmp_path):
                                       "--store", str(tmp_path / "missing.zarr"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2
     assert "error:" in result.stderr and "missing.zarr" in result.stderr
+
+
+def test_a_multiallelic_record_is_scored_as_one_site_an_alt(tmp_path):
+    """Beagle writes a multiallelic marker with DS and DR2 one value an ALT: each is scored against the truth's
+    record split the same way (as ragsnv reads panels and writes its output)."""
+    samples = ["a", "b", "c", "d"]
+    truth = write_vcf(tmp_path / "truth.vcf.gz", TRUTH_HEADER, samples,
+                      ["chr22\t100\t.\tA\tC,T\t.\t.\t.\tGT\t0|1\t2|2\t1|2\t0|0"])
+    imputed = write_vcf(tmp_path / "beagle.vcf.gz", BEAGLE_HEADER, samples,
+                        [("chr22\t100\t.\tA\tC,T\t.\tPASS\tAF=0.2,0.4;DR2=0.9,0.8;IMP\tGT:DS:GP\t"
+                         "0|1:1,0:0,1,0,0,0,0\t2|2:0,2:0,0,0,0,0,1\t1|2:1,1:0,0,0,0,1,0\t0|0:0,0:1,0,0,0,0,0")])
+    found = read_imputed(imputed)
+    assert found.keys == [("chr22", 100, "A", "C"), ("chr22", 100, "A", "T")]
+    np.testing.assert_array_equal(found.dosage, [[1, 0, 1, 0], [0, 2, 1, 0]])
+    np.testing.assert_allclose(found.dr2, [0.9, 0.8], rtol=1e-6)
+    assert np.isnan(found.gp).all()  # genotype probabilities of a multiallelic record are not one site's
+    split = read_truth(truth)
+    assert split.counts[split.index["chr22", 100, "A", "C"]].tolist() == [1, 0, 1, 0]
+    assert split.counts[split.index["chr22", 100, "A", "T"]].tolist() == [0, 2, 1, 0]
