@@ -102,7 +102,7 @@ class Targets:
 
 
 def load_targets(path: str, store: EmbeddingStore, region: str | None = None) -> Targets:
-    """Read diploid target genotypes (phased or not) from `path` and match them to `store`'s panel sites.
+    """Read target genotypes (diploid or haploid, phased or not) from `path`; match them to `store`'s panel sites.
 
     `region` (CONTIG or CONTIG:START-END) must be on the store's contig; by default the whole contig is read,
     so a genome-wide target file works. Raises UserError (one line: file, problem, fix) for a contig the panel

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,12 +120,11 @@ def concatenate_vcfs(parts: list[Path], out: str | Path) -> Path:
     headers = []
     for part in parts:
         with gzip.open(part, "rt") as handle:
-            headers.append([line for line in itertools.takewhile(lambda text: text.startswith("#"), handle)])
+            headers.append(list(itertools.takewhile(lambda text: text.startswith("#"), handle)))
     contigs = [line for header in headers for line in header if line.startswith("##contig=")]
     first = headers[0]
     at = next(i for i, line in enumerate(first) if line.startswith("##contig="))
-    header = [line for line in first[:at] if not line.startswith("##contig=")] + contigs + [
-        line for line in first[at:] if not line.startswith("##contig=")]
+    header = first[:at] + contigs + [line for line in first[at:] if not line.startswith("##contig=")]
     verbosity = pysam.set_verbosity(0)
     try:
         with atomic_path(out) as tmp, atomic_path(f"{out}.tbi", out) as tmp_index:
@@ -134,9 +134,11 @@ def concatenate_vcfs(parts: list[Path], out: str | Path) -> Path:
                 handle.write("".join(header).encode())
                 for part in parts:
                     with gzip.open(part, "rb") as records:
-                        for line in records:
+                        for line in records:  # past the header, then the records in blocks
                             if not line.startswith(b"#"):
                                 handle.write(line)
+                                break
+                        shutil.copyfileobj(records, handle)
             pysam.tabix_index(str(tmp), preset="vcf", force=True, index=str(tmp_index))
     finally:
         pysam.set_verbosity(verbosity)
