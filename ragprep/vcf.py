@@ -204,7 +204,7 @@ def read_panel(
     allow_unphased: bool = False,
     keep_ploidy: bool = False,
 ) -> Panel:
-    """Read phased diploid biallelic records of one contig into a Panel; a multiallelic record is split into one
+    """Read phased records (diploid or haploid) of one contig into a Panel; a multiallelic record is split into one
     biallelic site an ALT allele (as `bcftools norm -m -` splits it), skipped, or refused (`multiallelic`).
 
     `allow_missing` keeps missing alleles as -1 (targets); a panel must be complete. `allow_unphased` keeps
@@ -355,9 +355,9 @@ def biallelic_sites(rec: Variant, path: str) -> list[tuple[str, np.ndarray]]:
 
 
 def biallelic_marker(rec: Variant) -> bool:
-    """The one rule, for every reader, of which records are sites: exactly one ALT allele that is an allele (a
-    base, a symbolic one such as <DEL>, or '*'), as Beagle imputes any biallelic marker. Multiallelic and
-    ALT-less records are not (the panel reader counts or refuses them)."""
+    """Whether a record is one biallelic site as it stands: exactly one ALT allele that is an allele (a base,
+    a symbolic one such as <DEL>, or '*'). `ragprep split` (a biallelic panel maker) keeps only these; the
+    panel, target and truth readers take `biallelic_sites`, which also splits multiallelic records."""
     return len(rec.ALT) == 1 and rec.ALT[0] not in ("", ".")
 
 
