@@ -107,11 +107,15 @@ def phase(genotypes: np.ndarray, unphased: np.ndarray, panel: np.ndarray, cm: np
     cm_t = torch.as_tensor(np.asarray(cm, dtype=np.float64), device=device)
     generator = torch.Generator().manual_seed(seed)
     tiebreak = (torch.rand(panel.shape[0], generator=generator, dtype=torch.float64) * 0.5).to(device)
-    # [N, H]: the seeded tie-break, and +inf at a sample's own panel haplotypes
-    penalty = tiebreak.expand(todo.size, -1).clone()
     own = np.full(todo.size, -1) if owner is None else np.asarray(owner)[todo]
-    for i in np.flatnonzero(own >= 0):
-        penalty[i, 2 * own[i]:2 * own[i] + 2] = float("inf")
+
+    def penalty(block: slice) -> torch.Tensor:
+        """[B, H] added to a block's distances: the seeded tie-break, +inf at a sample's own panel haplotypes."""
+        added = tiebreak.expand(len(own[block]), -1).clone()
+        for i in np.flatnonzero(own[block] >= 0):
+            added[i, 2 * own[block][i]:2 * own[block][i] + 2] = float("inf")
+        return added
+
     chunks = segments(genotypes.shape[0], options.chunk, options.overlap)
     longest = max(sites.stop - sites.start for sites in chunks)
     pair_block = max(1, options.memory // (2 * options.states ** 2 * longest))  # bfloat16 backward values
@@ -125,17 +129,15 @@ def phase(genotypes: np.ndarray, unphased: np.ndarray, panel: np.ndarray, cm: np
         plan_steps = steps(calls.shape[0], options.step, options.context)
         estimate = None
         for _ in range(options.rounds):
-            estimate = torch.cat([
-                _decode(panel_c, [(span, _choose_states(panel_c, calls[:, block], None if estimate is None else
-                                                        estimate[:, block], context, options.states, penalty[block]))
-                                  for span, context in plan_steps], calls[:, block], loose[:, block], cm_c, options)
-                for block in _blocks(todo.size, pair_block)], dim=1)
+            estimate = torch.cat([_pair_round(panel_c, calls[:, block], None if estimate is None else estimate[:, block],
+                                              loose[:, block], cm_c, plan_steps, options, penalty(block))
+                                  for block in _blocks(todo.size, pair_block)], dim=1)
             done += 1
             if on_pass is not None:
                 on_pass(done, passes)
             for sweep in range(options.sweeps):
                 estimate = torch.cat([_sweep_both_ways(panel_c, calls[:, block], estimate[:, block], loose[:, block],
-                                                       cm_c, plan_steps, options, penalty[block],
+                                                       cm_c, plan_steps, options, penalty(block),
                                                        backwards=sweep % 2 == 1)
                                       for block in _blocks(todo.size, sweep_block)], dim=1)
                 done += 1
@@ -148,6 +150,15 @@ def phase(genotypes: np.ndarray, unphased: np.ndarray, panel: np.ndarray, cm: np
 
 def _blocks(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _pair_round(panel: torch.Tensor, calls: torch.Tensor, estimate: torch.Tensor | None, unphased: torch.Tensor,
+                cm: torch.Tensor, plan_steps: list[tuple[slice, slice]], options: PhasingOptions,
+                penalty: torch.Tensor) -> torch.Tensor:
+    """One round of the pair model (`_decode`) with states chosen a step (`_choose_states`)."""
+    plan = [(sites, _choose_states(panel, calls, estimate, context, options.states, penalty))
+            for sites, context in plan_steps]
+    return _decode(panel, plan, calls, unphased, cm, options)
 
 
 def _sweep_both_ways(panel: torch.Tensor, calls: torch.Tensor, estimate: torch.Tensor, unphased: torch.Tensor,

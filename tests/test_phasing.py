@@ -164,3 +164,16 @@ def test_unphased_array_target_through_the_clis(tmp_path, panel_vcf, store_path)
     imputed, truth = read_imputed(str(out)), read_truth(str(target))
     errors, pairs = switch_errors(imputed, truth)
     assert pairs > 100 and errors / pairs < 0.25, (errors, pairs)
+
+
+def test_a_sample_in_the_panel_never_copies_itself():
+    """With `owner`, a sample's own panel haplotypes are no states: a sample that only they explain (the rest of
+    the panel unrelated) is phased no better than by chance; without, exactly."""
+    rng = np.random.default_rng(8)
+    panel = (rng.random((40, 300)) < 0.4).astype(np.int8)
+    calls, first = unphased_pairs(panel, [(0, 1)], seed=9)
+    het = calls[..., 0] != calls[..., 1]
+    cm = np.linspace(0.0, 0.1, 300)
+    assert count_switches(phase(calls, het, panel, cm), first, het) == 0
+    errors = count_switches(phase(calls, het, panel, cm, owner=np.array([0])), first, het)
+    assert errors > 0.2 * (het.sum() - 1)
