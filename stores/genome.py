@@ -35,6 +35,9 @@ def write_manifest(folder: str | Path, contigs: list[str]) -> None:
     if folder.exists() and not folder.is_dir():
         raise UserError(folder, "exists and is not a folder; a multi-contig panel is encoded into a folder",
                         "give --out a folder path (new or a genome folder), or one contig with --region")
+    if (folder / "zarr.json").exists():
+        raise UserError(folder, "is a store of one contig; a multi-contig panel is encoded into a folder of stores",
+                        "give --out a new folder, or one contig with --region")
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / MANIFEST) as path:
         Path(path).write_text("".join(f"{contig}\n" for contig in contigs))
