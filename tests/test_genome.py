@@ -50,6 +50,8 @@ def test_two_contigs_encode_fit_impute_evaluate_in_one_go(tmp_path):
     assert "contig chr2 (2 of 2)" in result.output
     stores = contig_stores(genome)
     assert list(stores) == ["chr1", "chr2"]
+    result = runner.invoke(prep_app, ["encode", str(files["panel"]), "--out", stores["chr1"], *TINY_CLI])
+    assert result.exit_code == 2 and "is a store of one contig" in result.output  # never mixed into a store
     runs = tmp_path / "runs"
     result = runner.invoke(train_app, ["fit", "--store", str(genome), "--out", str(runs), "--targets",
                                        str(files["target"]), "--max-steps", "2", "--eval-every", "2",
