@@ -24,6 +24,11 @@ app = typer.Typer(
 )
 
 
+class MultiallelicOut(str, Enum):
+    split = "split"
+    joined = "joined"
+
+
 class RagMode(str, Enum):
     precomputed = "precomputed"
     online = "online"
@@ -197,6 +202,7 @@ def impute(
     retrieval: Annotated[Retrieval | None, typer.Option(help="Exact top-k backend: FAISS or torch (default: as the model was trained; same neighbours).")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Processes building batches (0: one thread beside the network; the output does not depend on it).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the phasing of unphased calls (ties between equally near panel haplotypes).")] = 1,
+    multiallelic_out: Annotated[MultiallelicOut, typer.Option(help="split: a multiallelic panel record as one biallelic record an ALT (as read, `bcftools norm -m -`); joined: written back as one record (GT, DS, GP, HDS over all its alleles).")] = MultiallelicOut.split,
 ) -> None:
     """Phase unphased target calls, impute every panel site for every target sample; write phased GT, DS, GP,
     HDS and INFO AF, DR2, IMP."""
@@ -205,7 +211,7 @@ def impute(
     with clean_errors():
         report = run_impute(str(target), store, str(model), str(out), device=device.value, batch_size=batch_size,
                             stitch=stitch.value, region=region, retrieval=retrieval.value if retrieval else None,
-                            workers=workers, seed=seed)
+                            workers=workers, seed=seed, join_multiallelic=multiallelic_out == MultiallelicOut.joined)
     console.print(f"wrote {report.path}: {report.samples} samples x {report.sites} sites "
                   f"({report.typed_sites} typed) in {report.seconds:.1f} s, {report.genotypes_per_s:,.0f} genotypes/s")
     console.print(f"[dim]stages (batches are built while the network runs): {report.stage_line()}[/dim]")

@@ -144,7 +144,7 @@ class Imputer:
 
 def impute(target_vcf: str, store_url: str, model_path: str, out: str, device: str = "auto", batch_size: int = BATCH_SIZE,
            stitch: Stitch = "average", region: str | None = None, retrieval: str | None = None,
-           workers: int = 0, seed: int = 1) -> ImputeReport:
+           workers: int = 0, seed: int = 1, join_multiallelic: bool = False) -> ImputeReport:
     """Phase and impute `target_vcf` against a store, or every contig of a genome folder (then `model_path` is
     `fit`'s run folder, RUN/CONTIG/best.pt a contig, or one checkpoint or `copying` for all) into one VCF."""
     started = time.perf_counter()
@@ -152,7 +152,8 @@ def impute(target_vcf: str, store_url: str, model_path: str, out: str, device: s
     genome = contig_stores(store_url)
     if genome:
         return _impute_genome(target_vcf, genome, model_path, out, region, started, device=device,
-                              batch_size=batch_size, stitch=stitch, retrieval=retrieval, workers=workers, seed=seed)
+                              batch_size=batch_size, stitch=stitch, retrieval=retrieval, workers=workers, seed=seed,
+                              join_multiallelic=join_multiallelic)
     with output_lock(out):
         torch_device = resolve_device(device)
         store = open_store(store_url)
@@ -171,7 +172,7 @@ def impute(target_vcf: str, store_url: str, model_path: str, out: str, device: s
         with clock.stage("write VCF"):
             path = write_imputed_vcf(out, Sites.from_store(store, targets.contig_length), targets.sample_ids, prob,
                                      targets.typed, targets.alleles, source=f"ragsnv impute --model {model_path}",
-                                     haploid=targets.ploidy_one())
+                                     haploid=targets.ploidy_one(), join_multiallelic=join_multiallelic)
         return ImputeReport(path, len(targets.sample_ids), prob.shape[0], int(targets.typed.sum()),
                             time.perf_counter() - started, impute_stages(clock.seconds))
 

@@ -61,6 +61,7 @@ def write_imputed_vcf(
     observed: np.ndarray | None = None,
     source: str = "ragsnv",
     haploid: np.ndarray | None = None,
+    join_multiallelic: bool = False,
 ) -> Path:
     """Write `out` (.vcf.gz) and its tabix index `out`.tbi; returns `out`.
 
@@ -72,6 +73,8 @@ def write_imputed_vcf(
       sites observed alleles replace the model's probabilities (written as 0/1); missing calls keep them.
     haploid: bool [sites, N], calls written haploid (GT a, DS and HDS the first haplotype's, GP two values, as
       Beagle writes chrX males), their second haplotype left out of DR2; None: every call diploid.
+    join_multiallelic: sites at one position with the same REF (a multiallelic record split on read) written
+      back as one record (`_joined_record`); else each site its own record, as `bcftools norm -m -` splits.
     With a Targets `t`: write_imputed_vcf(out, store, t.sample_ids, probs, t.typed, t.alleles).
     """
     out = check_output(out)
@@ -83,6 +86,18 @@ def write_imputed_vcf(
     _check_shapes(sites, len(sample_ids), probs, typed, observed)
     typed = np.zeros(n_sites, dtype=bool) if typed is None else np.asarray(typed, dtype=bool)
     order = np.argsort(np.asarray(sites.positions), kind="stable")
+    # chunks of sorted sites, never cutting a run of sites that are joined into one record
+    joined_with_previous = np.zeros(n_sites, dtype=bool)
+    if join_multiallelic and n_sites > 1:
+        positions, refs = np.asarray(sites.positions)[order], np.asarray(sites.ref)[order].astype(object)
+        joined_with_previous[1:] = (positions[1:] == positions[:-1]) & (refs[1:] == refs[:-1])
+    starts = [0]
+    while starts[-1] + CHUNK_SITES < n_sites:
+        cut = starts[-1] + CHUNK_SITES
+        while cut < n_sites and joined_with_previous[cut]:
+            cut += 1
+        starts.append(cut)
+    bounds = list(zip(starts, starts[1:] + [n_sites]))
 
     verbosity = pysam.set_verbosity(0)  # a failed write is our one error line, not htslib's as well
     try:  # the index renamed into place first, then the VCF: a VCF is never there without its index
@@ -91,8 +106,8 @@ def write_imputed_vcf(
                 pass
             with BGZFile(str(tmp), "wb") as handle:
                 handle.write(_header(sites, sample_ids, source).encode())
-                for start in range(0, n_sites, CHUNK_SITES):
-                    rows = order[start:start + CHUNK_SITES]
+                for start, stop in bounds:
+                    rows = order[start:stop]
                     chunk = _final_probs(probs[rows], typed[rows], None if observed is None else observed[rows])
                     single = None if haploid is None else np.asarray(haploid[rows], dtype=bool)
                     present = chunk.copy()
@@ -106,11 +121,55 @@ def write_imputed_vcf(
                         f"{'' if typed[i] else ';IMP'}\t{FORMAT}\t{column}\n"
                         for i, r2, column in zip(rows.tolist(), dr2.tolist(), columns)
                     ]
+                    joined = joined_with_previous[start:stop]
+                    for first in np.flatnonzero(~joined[:-1] & joined[1:]).tolist():  # runs of joined sites
+                        last = first + 1
+                        while last + 1 < joined.size and joined[last + 1]:
+                            last += 1
+                        run = slice(first, last + 1)
+                        lines[first] = _joined_record(sites, rows[run], chunk[run], dr2[run], typed[rows[run]],
+                                                      None if single is None else single[first])
+                        for other in range(first + 1, last + 1):
+                            lines[other] = ""
                     handle.write("".join(lines).encode())
             pysam.tabix_index(str(tmp), preset="vcf", force=True, index=str(tmp_index))
     finally:
         pysam.set_verbosity(verbosity)
     return out
+
+
+def _joined_record(sites: Sites, rows: np.ndarray, probs: np.ndarray, dr2: np.ndarray, typed: np.ndarray,
+                   haploid: np.ndarray | None) -> str:
+    """One multiallelic record line from k sites at one position with one REF (probs [k, 2N] ALT probabilities
+    a haplotype). A haplotype's allele probabilities: each ALT's (scaled down where they sum past 1), REF the
+    rest; GT the likeliest allele, DS and HDS one value an ALT, GP one a genotype in VCF order."""
+    p = probs.T.astype(np.float64)  # [2N, k]
+    p = p / np.maximum(p.sum(axis=1, keepdims=True), 1.0)
+    q = np.concatenate([1.0 - p.sum(axis=1, keepdims=True), p], axis=1)  # [2N, k + 1]
+    alleles = q.argmax(axis=1)
+    single = np.zeros(q.shape[0] // 2, dtype=bool) if haploid is None else haploid
+    fields = []
+    for sample in range(q.shape[0] // 2):
+        one, two = q[2 * sample], q[2 * sample + 1]
+        if single[sample]:
+            fields.append(f"{alleles[2 * sample]}:{_thousandths(one[1:])}:{_thousandths(one)}:"
+                          f"{_thousandths(one[1:])}")
+            continue
+        gp = [one[a] * two[b] + (one[b] * two[a] if a != b else 0.0) for b in range(q.shape[1]) for a in range(b + 1)]
+        fields.append(f"{alleles[2 * sample]}|{alleles[2 * sample + 1]}:{_thousandths(one[1:] + two[1:])}:"
+                      f"{_thousandths(gp)}:{_thousandths(np.concatenate([one[1:], two[1:]]))}")
+    first = int(rows[0])
+    info = (f"AF={','.join(_trim(f'{float(sites.af[i]):.4f}') for i in rows.tolist())};"
+            f"DR2={','.join(_milli(round(float(r2) * SCALE)) for r2 in dr2.tolist())}"
+            f"{'' if typed.all() else ';IMP'}")
+    return (f"{sites.contig}\t{int(sites.positions[first])}\t.\t{sites.ref[first]}\t"
+            f"{','.join(str(sites.alt[i]) for i in rows.tolist())}\t.\tPASS\t{info}\t{FORMAT}\t"
+            + "\t".join(fields) + "\n")
+
+
+def _thousandths(values) -> str:
+    """Comma-joined values in [0, 2] as printed everywhere in the file (thousandths, no trailing zeros)."""
+    return ",".join(_NUMBERS[np.clip(np.rint(np.asarray(values) * SCALE).astype(np.int64), 0, 2 * SCALE)])
 
 
 def concatenate_vcfs(parts: list[Path], out: str | Path) -> Path:

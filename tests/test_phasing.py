@@ -177,3 +177,29 @@ def test_a_sample_in_the_panel_never_copies_itself():
     assert count_switches(phase(calls, het, panel, cm), first, het) == 0
     errors = count_switches(phase(calls, het, panel, cm, owner=np.array([0])), first, het)
     assert errors > 0.2 * (het.sum() - 1)
+
+
+def test_a_split_multiallelic_record_is_written_back_joined_on_request(tmp_path, panel_vcf, store_path):
+    """`impute --multiallelic-out joined`: the sites a multiallelic panel record was split into come back as one
+    record (ALT a list, DS one value an ALT, GP one a genotype summing to 1), every other record as split."""
+    from tests.conftest import subset
+
+    target = subset(panel_vcf, tmp_path / "target.vcf.gz", every=3, samples=6)
+    outputs = {}
+    for mode in ("split", "joined"):
+        outputs[mode] = tmp_path / f"{mode}.vcf.gz"
+        result = CliRunner().invoke(train_app, ["impute", str(target), "--store", store_path, "--model", "copying",
+                                                "--out", str(outputs[mode]), "--device", "cpu",
+                                                "--multiallelic-out", mode])
+        assert result.exit_code == 0, result.output
+    split = {(rec.POS, rec.ALT[0]): rec.format("DS")[:, 0] for rec in cyvcf2.VCF(str(outputs["split"]))}
+    joined = list(cyvcf2.VCF(str(outputs["joined"])))
+    multi = [rec for rec in joined if len(rec.ALT) > 1]
+    assert multi and len(joined) == len(split) - sum(len(rec.ALT) - 1 for rec in multi)
+    for rec in multi:
+        ds, gp = rec.format("DS"), rec.format("GP")
+        assert ds.shape[1] == len(rec.ALT) and gp.shape[1] == (len(rec.ALT) + 1) * (len(rec.ALT) + 2) // 2
+        np.testing.assert_allclose(gp.sum(axis=1), 1.0, atol=0.01)
+        for number, alt in enumerate(rec.ALT):  # each ALT's dose as the split record's (unless rescaled)
+            assert (ds[:, number] <= split[rec.POS, alt] + 0.002).all()
+        assert rec.genotype.array()[:, :2].max() <= len(rec.ALT)
