@@ -96,6 +96,8 @@ def write_imputed_vcf(
         cut = starts[-1] + CHUNK_SITES
         while cut < n_sites and joined_with_previous[cut]:
             cut += 1
+        if cut == n_sites:
+            break
         starts.append(cut)
     bounds = list(zip(starts, starts[1:] + [n_sites]))
 
