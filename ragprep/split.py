@@ -22,6 +22,7 @@ import pysam
 
 from ragprep.progress import record_spinner
 from ragprep.vcf import biallelic_marker, checked_records, genotypes, match_alleles, open_vcf
+from stores.atomic import atomic_path
 from stores.errors import UserError
 
 Key = tuple[str, int, str, str]  # contig, pos, REF, ALT
@@ -298,10 +299,9 @@ def unphase_vcf(path: str | Path, out: str | Path, seed: int = 1) -> tuple[int, 
     vcf = open_vcf(str(path))
     rng = np.random.default_rng(seed)
     records = hets = 0
-    fd, staging = tempfile.mkstemp(suffix=".vcf.gz", prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        writer = Writer(staging, vcf, mode="wz")
+    # the index renamed into place first, then the VCF: a VCF is never there without its index
+    with atomic_path(out) as staging, atomic_path(f"{out}.tbi", out) as staging_index:
+        writer = Writer(str(staging), vcf, mode="wz")
         for rec in checked_records(iter(vcf), str(path)):
             gt = genotypes(rec, str(path))
             calls = gt[:, :-1].copy()
@@ -315,11 +315,5 @@ def unphase_vcf(path: str | Path, out: str | Path, seed: int = 1) -> tuple[int, 
             records += 1
             hets += int(het.sum())
         writer.close()
-        pysam.tabix_index(staging, preset="vcf", force=True)
-        os.replace(f"{staging}.tbi", f"{out}.tbi")
-        os.replace(staging, out)
-    finally:
-        for leftover in (staging, f"{staging}.tbi"):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
+        pysam.tabix_index(str(staging), preset="vcf", force=True, index=str(staging_index))
     return records, hets

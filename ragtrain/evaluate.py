@@ -171,13 +171,14 @@ def read_imputed(path: str, all_sites: bool = False) -> Imputed:
     with record_spinner(f"reading {path}") as tick:
         for rec in checked_records(iter(vcf), path):
             out.n_records += 1
-            sites = biallelic_sites(rec, path)  # a multiallelic record: one site an ALT (DS, DR2 are Number=A)
-            if not sites:
+            # a multiallelic record: one site an ALT (DS, DR2 are Number=A), as the truth and panel are read
+            alts = [(number, alt) for number, alt in enumerate(rec.ALT) if alt not in ("", ".")]
+            if not alts:
                 out.skipped_records += 1
                 continue
             if flag is not None and not rec.INFO.get(flag):
                 out.skipped_typed += 1
-                for alt, gt in sites:
+                for alt, gt in biallelic_sites(rec, path):  # genotypes read only here, for the phase
                     out.typed_keys.append((rec.CHROM, rec.POS, rec.REF, alt))
                     typed_first.append(first_allele(gt))
                 continue
@@ -189,9 +190,7 @@ def read_imputed(path: str, all_sites: bool = False) -> Imputed:
             gp = rec.format("GP") if has_gp else None
             value = rec.INFO.get(dr2_field) if dr2_field is not None else None
             values = value if isinstance(value, tuple) else (value,) * len(rec.ALT)
-            for number, alt in enumerate(rec.ALT):
-                if alt in ("", "."):
-                    continue
+            for number, alt in alts:
                 dosages.append(ds[:, number].astype(np.float32))
                 if has_gp:  # per genotype: only a biallelic record's three are one site's
                     gps.append(gp.astype(np.float32) if gp is not None and gp.shape[1] == 3 and len(rec.ALT) == 1

@@ -112,9 +112,10 @@ def write_imputed_vcf(
                     rows = order[start:stop]
                     chunk = _final_probs(probs[rows], typed[rows], None if observed is None else observed[rows])
                     single = None if haploid is None else np.asarray(haploid[rows], dtype=bool)
-                    present = chunk.copy()
-                    if single is not None:
-                        present[:, 1::2][single] = np.nan  # a haploid call's second haplotype is not there
+                    present = chunk
+                    if single is not None:  # a haploid call's second haplotype is not there
+                        present = chunk.copy()
+                        present[:, 1::2][single] = np.nan
                     dr2 = dr2_from_haplotypes(present)
                     columns = _sample_columns(np.rint(chunk * SCALE).astype(np.int32), single)
                     lines = [
