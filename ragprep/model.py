@@ -70,8 +70,10 @@ class SiteEmbedding(nn.Module):
         self.af = nn.Linear(2, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, tokens: torch.Tensor, af: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(tokens.shape[-1], device=tokens.device)
+    def forward(self, tokens: torch.Tensor, af: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """positions [B, L]: each token's place in its window (default 0..L-1: the whole window in order)."""
+        if positions is None:
+            positions = torch.arange(tokens.shape[-1], device=tokens.device)
         af_features = torch.stack([af, torch.sqrt(af * (1 - af))], dim=-1).to(self.af.weight.dtype)
         return self.dropout(self.token(tokens) + self.position(positions) + self.af(af_features))
 
@@ -148,10 +150,12 @@ class Bert(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None = None,
-                after_block: AfterBlock | None = None, site_features: torch.Tensor | None = None) -> torch.Tensor:
+                after_block: AfterBlock | None = None, site_features: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """The project's one pass over the blocks; `site_features` [B, L, D] are added to the embeddings,
-        `after_block` may change the hidden states between blocks."""
-        x = self.embed(tokens, af)
+        `after_block` may change the hidden states between blocks; `positions` [B, L] place the tokens in
+        their window when they are some of its sites (default: all of them, in order)."""
+        x = self.embed(tokens, af, positions)
         if site_features is not None:
             x = x + site_features
         mask = attention_mask(valid)

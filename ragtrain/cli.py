@@ -82,6 +82,7 @@ def fit(
     fusion_layers: Annotated[str | None, typer.Option(help="Comma-separated layers (0-based) followed by fusion (default: all).")] = None,
     neighbour_alleles: Annotated[bool, typer.Option(help="Embed the neighbours' alleles beside their stored states.")] = _FIT.neighbour_alleles,
     adapter: Annotated[bool, typer.Option(help="Light trainable adapter over the memory (LUMEN-style).")] = _FIT.adapter,
+    confident: Annotated[float, typer.Option(min=0.0, max=0.5, help="Hidden sites whose copying-model P(ALT) is within this of 0 or 1 keep it; the network runs over the others and the observed sites (0: over every site).")] = _FIT.confident,
     targets: Annotated[Path | None, typer.Option(help="Target VCF to be imputed: train and validate with its typed sites observed and all others hidden (the task impute will face); overrides --mask and --val-mask.")] = None,
     mask: Annotated[str, typer.Option(help="Training masks: random:LO-HI, af:LO-HI, or array:EVERY:MIN_MAF.")] = _FIT.mask,
     val_mask: Annotated[str, typer.Option(help="Fixed validation mask, one a sample over the whole panel (same syntax).")] = _FIT.val_mask,

@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -89,14 +90,12 @@ class Batch:
     neighbour_weight: torch.Tensor | None = None  # int64 [B, k, L] copying-probability buckets (hmm.weight_buckets)
 
     def to(self, device: torch.device) -> Batch:
-        """Move tensors to `device` and dequantise int8 memory there (4x less host-to-device traffic)."""
+        """Move tensors to `device` (int8 memory stays int8: 4x less host-to-device traffic; the model
+        dequantises what it reads)."""
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in moved.items():
             if isinstance(value, torch.Tensor):
                 moved[name] = value.to(device, non_blocking=True)
-        if moved["memory_scales"] is not None:
-            moved["memory"] = moved["memory"].float() * moved["memory_scales"].float()[..., None]
-            moved["memory_scales"] = None
         return Batch(**moved)
 
     def split(self, rows: int) -> list[Batch]:
@@ -359,6 +358,29 @@ def inference_plan(plan: WindowPlan, segment: int, n_queries: int, batch_size: i
             items.extend((w, order[i:i + batch_size]) for w in windows)
         window = windows.stop
     return items
+
+
+_sharing_cores = threading.local()
+
+
+@contextmanager
+def cores_shared(device: torch.device) -> Iterator[None]:
+    """On the CPU: the network's torch ops take half of torch's threads, the batch builder beside it (a thread,
+    whose ops take the same half, or worker processes) the rest, so that the two run side by side instead of
+    over-subscribing one pool (torch's pool is one a process). The same count either way, so the same sums
+    and the same output with or without workers. Measured on 2 cores, `make compare`'s impute: 11.3 -> 9.3 s.
+    A nested use keeps the outer one's count."""
+    if device.type != "cpu" or getattr(_sharing_cores, "on", False):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // 2))
+    _sharing_cores.on = True
+    try:
+        yield
+    finally:
+        _sharing_cores.on = False
+        torch.set_num_threads(threads)
 
 
 class Prefetcher:

@@ -28,6 +28,7 @@ from ragtrain.data import (
     BatchBuilder,
     Prefetcher,
     QuerySet,
+    cores_shared,
     epoch_plan,
     external_queries,
     panel_queries,
@@ -57,6 +58,7 @@ class FitOptions:
     fusion_layers: tuple[int, ...] = ()
     neighbour_alleles: bool = True
     adapter: bool = False
+    confident: float = ModelConfig.confident
     # retrieval
     retrieval: RetrievalSpec = field(default_factory=RetrievalSpec)
     # what the run trains and validates on: a resumed run must keep these
@@ -95,7 +97,7 @@ class FitOptions:
     def model_config(self, bert: BertConfig) -> ModelConfig:
         return ModelConfig(bert=bert, rag_mode=self.rag_mode, fusion=self.fusion,  # type: ignore[arg-type]
                            fusion_layers=tuple(self.fusion_layers), neighbour_alleles=self.neighbour_alleles,
-                           adapter=self.adapter)
+                           adapter=self.adapter, confident=self.confident)
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -255,7 +257,9 @@ class Trainer:
         self.trained: torch.nn.Module = self.model  # what the step runs: under torchrun, the DDP wrapper
         if self.world.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # a rank whose queries the copying model is sure of everywhere runs no network (ModelConfig.confident)
+            self.trained = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=self.config.confident > 0)
         self.panel_alleles = self.store.alleles()
         self.train_queries, val_queries = load_queries(self.store, self.panel_alleles, options)
         self.mask = MaskSpec.parse(options.mask)
@@ -366,7 +370,7 @@ class Trainer:
         columns = TextColumn("loss {task.fields[loss]:.4f} | {task.fields[rate]:.2f} steps/s | wait {task.fields[wait]:.0%}")
         self.model.train()
         try:
-            with progress_bar(columns, disable=not self.world.is_main) as bar:
+            with progress_bar(columns, disable=not self.world.is_main) as bar, cores_shared(self.device):
                 task = bar.add_task(f"fit {self.config.rag_mode}", total=self.total_steps, completed=self.step,
                                     loss=0.0, rate=0.0, wait=0.0)
                 batches = iter(prefetch)

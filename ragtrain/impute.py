@@ -16,7 +16,7 @@ from ragprep.encode import resolve_device
 from ragprep.progress import StageClock, console, progress_bar
 from ragprep.vcf import parse_region, record_contigs
 from ragtrain.checkpoint import load_checkpoint
-from ragtrain.data import BatchBuilder, Prefetcher, QuerySet, external_queries, inference_plan
+from ragtrain.data import BatchBuilder, Prefetcher, QuerySet, cores_shared, external_queries, inference_plan
 from ragtrain.model import RagImputer, batch_logits
 from ragtrain.phasing import phase_targets
 from ragtrain.retrieval import RetrievalSpec
@@ -92,10 +92,11 @@ class Imputer:
         return cls(model.to(device), retrieval, store, device, **kwargs)
 
     def network_rows(self) -> int:
-        """Queries the network takes at once: the whole batch on a GPU; on the CPU as many as keep its largest
-        activation under CPU_CHUNK_BYTES: the FFN's, the fused memory's keys and values (k x 2 d_model a site),
-        or online the neighbours' FFNs (k x the FFN)."""
-        if self.device.type != "cpu":
+        """Queries the network takes at once: the whole batch on a GPU, or when the model runs only over the
+        sites it can change (it groups the rows itself: `ragtrain.model.row_groups`); else, on the CPU, as many
+        as keep its largest activation under CPU_CHUNK_BYTES: the FFN's, the fused memory's keys and values
+        (k x 2 d_model a site), or online the neighbours' FFNs (k x the FFN)."""
+        if self.device.type != "cpu" or self.model.config.confident > 0:  # pruned: the model groups its rows
             return self.batch_size
         bert, mode, k = self.model.config.bert, self.model.config.rag_mode, self.retrieval.k
         fused = max(bert.ffn_mult, 2 * k)
@@ -118,7 +119,7 @@ class Imputer:
         items = inference_plan(plan, self.retrieval.segment, len(queries), self.batch_size)
         bar = progress_bar() if show_progress else nullcontext()  # fit's validation runs inside fit's own bar
         clock = self.clock
-        with bar:
+        with bar, cores_shared(self.device):
             task = bar.add_task("impute", total=len(items)) if show_progress else None
             batches = Prefetcher(builder, ((0, w, ids) for w, ids in items), pin=self.device.type == "cuda",
                                  workers=self.workers)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ragprep.model import VOCAB, Attention, Bert, BertConfig, attention_mask
+from ragprep.model import MASK, VOCAB, Attention, Bert, BertConfig, attention_mask
 from ragtrain.hmm import WEIGHT_BUCKETS
 from ragtrain.retrieval import MATCH_BUCKETS, RetrievalSpec
 from stores.errors import UserError
@@ -43,6 +43,7 @@ class ModelConfig:
     fusion_layers: tuple[int, ...] = ()  # empty: after every layer
     neighbour_alleles: bool = True
     adapter: bool = False
+    confident: float = 1e-4  # hidden sites whose copying P(ALT) is within this of 0 or 1: left to the copying model
 
     def __post_init__(self) -> None:
         outside = [i for i in self.fusion_layers if not 0 <= i < self.bert.n_layers]
@@ -66,6 +67,7 @@ class ModelConfig:
         values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         values["bert"] = BertConfig.from_dict(data["bert"])
         values["fusion_layers"] = tuple(data.get("fusion_layers", ()))
+        values.setdefault("confident", 0.0)  # checkpoints from before it ran the network over every site
         return cls(**values)
 
     def differences(self, other: ModelConfig) -> list[str]:
@@ -177,12 +179,73 @@ class RagImputer(nn.Module):
     def forward(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None = None,
                 memory: torch.Tensor | None = None, neighbour_tokens: torch.Tensor | None = None,
                 neighbour_match: torch.Tensor | None = None, copy_prob: torch.Tensor | None = None,
-                neighbour_weight: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [B, L]; af [B, L]; valid [B, L]; memory [B, k, L, d_mem] (precomputed) or None (online: built
-        here from neighbour_tokens [B, k, L] through the trainable BERT); neighbour_match, neighbour_weight
-        [B, k, L] buckets; copy_prob [B, L] the copying model's P(ALT)."""
+                neighbour_weight: torch.Tensor | None = None, memory_scales: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, L]; af [B, L]; valid [B, L]; memory [B, k, L, d_mem] (precomputed; int8 with
+        memory_scales [B, k, L]) or None (online: built here from neighbour_tokens [B, k, L] through the
+        trainable BERT); neighbour_match, neighbour_weight [B, k, L] buckets; copy_prob [B, L] the copying
+        model's P(ALT).
+
+        With `ModelConfig.confident` > 0 the network runs only over the sites whose output it can change: the
+        observed ones and the hidden ones the copying model is unsure of; every other site's logits are the
+        copying model's ([0, logit P(ALT)]), and a query with no unsure hidden site does not enter it. The rows
+        that do go through in groups of similar width (`row_groups`)."""
         if self.config.rag_mode == "online":
             memory = self.online_memory(neighbour_tokens, af, valid)
+        p = prior = None
+        if self.copy_features is not None:
+            p = copy_prob.float().clamp(1e-4, 1 - 1e-4)
+            prior = torch.log(p) - torch.log1p(-p)  # logit
+        if prior is None or self.config.confident <= 0:
+            return self._network(tokens, af, valid, dequantised(memory, memory_scales), neighbour_tokens,
+                                 neighbour_match, neighbour_weight, p, prior)
+        copying = torch.stack([torch.zeros_like(prior), prior], dim=-1)
+        hidden = tokens == MASK
+        unsure = hidden & (torch.minimum(copy_prob, 1 - copy_prob) > self.config.confident)
+        keep = unsure | ~hidden
+        if valid is not None:
+            unsure, keep = unsure & valid, keep & valid
+        rows = torch.nonzero(unsure.any(dim=1)).squeeze(1)
+        counts = keep[rows].sum(dim=1)
+        order = torch.argsort(counts, descending=True, stable=True)
+        out = copying
+        for group, width in row_groups(counts[order].tolist(), tokens.shape[1]):
+            out = self._kept(out, rows[order[group]], width, keep, tokens, af, memory, memory_scales,
+                             neighbour_tokens, neighbour_match, neighbour_weight, p, prior)
+        return out
+
+    def _kept(self, out: torch.Tensor, rows: torch.Tensor, width: int, keep: torch.Tensor,
+              *inputs: torch.Tensor | None) -> torch.Tensor:
+        """`out` with the network's logits at the kept sites of `rows`: each row's kept sites first, in window
+        order, the rest of the width stand-ins pointing past the window (their logits dropped)."""
+        keep = keep[rows]
+        length = keep.shape[1]
+        index = torch.sort(torch.where(keep, torch.arange(length, device=keep.device), length), dim=1).values[:, :width]
+        at = index.clamp(max=length - 1)
+
+        def take(t: torch.Tensor | None) -> torch.Tensor | None:
+            """t [B, L] or [B, k, L, ...] at the kept sites of the rows."""
+            if t is None:
+                return None
+            t = t[rows]
+            if t.dim() == 2:
+                return t.gather(1, at)
+            sites = at[:, None, :].expand(-1, t.shape[1], -1)
+            return t.gather(2, sites if t.dim() == 3 else sites[..., None].expand(-1, -1, -1, t.shape[3]))
+
+        tokens, af, memory, scales, neighbour_tokens, match, weight, p, prior = (take(t) for t in inputs)
+        logits = self._network(tokens, af, index < length, dequantised(memory, scales), neighbour_tokens, match,
+                               weight, p, prior, positions=at)
+        ran = torch.cat([out[rows], out.new_zeros((len(rows), 1, 2))], dim=1)  # one column for the stand-ins
+        ran = ran.scatter(1, index[..., None].expand(-1, -1, 2), logits.to(ran.dtype))[:, :-1]
+        return out.index_put((rows,), ran)
+
+    def _network(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None,
+                 memory: torch.Tensor | None, neighbour_tokens: torch.Tensor | None,
+                 neighbour_match: torch.Tensor | None, neighbour_weight: torch.Tensor | None,
+                 p: torch.Tensor | None, prior: torch.Tensor | None,
+                 positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the sites given (a whole window, or some of its sites at `positions`); p and prior: the
+        copying model's P(ALT) (clamped) and its logit."""
         if self.neighbour_memory is not None:
             memory = self.neighbour_memory(memory, neighbour_tokens, neighbour_match, neighbour_weight)
             if self.config.fusion == "aligned":  # once for every fused layer
@@ -191,13 +254,11 @@ class RagImputer(nn.Module):
         def fuse(layer: int, x: torch.Tensor) -> torch.Tensor:
             return self.fusions[str(layer)](x, memory, valid) if str(layer) in self.fusions else x
 
-        prior = features = None
-        if self.copy_features is not None:
-            p = copy_prob.float().clamp(1e-4, 1 - 1e-4)
-            prior = torch.log(p) - torch.log1p(-p)  # logit
+        features = None
+        if prior is not None:
             features = self.copy_features(torch.stack([p, prior / 8], dim=-1).to(self.copy_features.weight.dtype))
         logits = self.head(self.bert(tokens, af, valid, after_block=fuse if self.fusions else None,
-                                     site_features=features))
+                                     site_features=features, positions=positions))
         if prior is None:
             return logits
         return logits + torch.stack([torch.zeros_like(prior), self.copy_scale * prior], dim=-1).to(logits.dtype)
@@ -211,9 +272,36 @@ class RagImputer(nn.Module):
         return memory.reshape(b, k, length, -1)
 
 
+TOKENS_A_PASS = 8192
+"""Pruned windows go through the network in groups of at most this many tokens (`row_groups`): on the CPU the
+largest activation (k x d_memory a token at the defaults) stays under 16 MB, which glibc keeps between batches."""
+
+
+def row_groups(counts: list[int], length: int, budget: int = TOKENS_A_PASS) -> list[tuple[slice, int]]:
+    """(rows, width) groups of consecutive rows sorted by kept sites, widest first. A row's width is the power of
+    two at or above its count (at most the window `length`): it depends on the row alone, so its logits do not
+    depend on the other rows of the batch, and the padding is less than the row's own sites. A group holds rows
+    of one width, at most `budget` tokens of them."""
+    groups: list[tuple[slice, int]] = []
+    for i, count in enumerate(counts):
+        width = min(1 << max(count - 1, 0).bit_length(), length)
+        if groups and groups[-1][1] == width and (i + 1 - groups[-1][0].start) * width <= budget:
+            groups[-1] = (slice(groups[-1][0].start, i + 1), width)
+        else:
+            groups.append((slice(i, i + 1), width))
+    return groups
+
+
+def dequantised(memory: torch.Tensor | None, scales: torch.Tensor | None) -> torch.Tensor | None:
+    """Stored memory as numbers: int8 values times their scales [..., 1] (float16 memory as it is)."""
+    if memory is None or scales is None:
+        return memory
+    return memory.float() * scales.float()[..., None]
+
+
 def batch_logits(model: RagImputer, batch) -> torch.Tensor:
     """Logits of a `ragtrain.data.Batch` already on the model's device (bf16 autocast on CUDA)."""
     device_type = batch.tokens.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda"):
         return model(batch.tokens, batch.af, batch.valid, batch.memory, batch.neighbour_tokens,
-                     batch.neighbour_match, batch.copy_prob, batch.neighbour_weight)
+                     batch.neighbour_match, batch.copy_prob, batch.neighbour_weight, batch.memory_scales)

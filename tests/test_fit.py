@@ -23,7 +23,7 @@ from ragtrain.data import WINDOWS_A_PASS, BatchBuilder, PanelAlleles, epoch_plan
 from ragtrain.fit import FitOptions, Trainer, fit, masked_loss
 from ragtrain.impute import Imputer
 from ragtrain.masking import MaskSpec, apply_mask
-from ragtrain.model import batch_logits
+from ragtrain.model import batch_logits, dequantised
 from ragtrain.retrieval import RetrievalSpec, match_buckets
 from stores import EmbeddingStore, UserError, open_store
 from tests.conftest import TINY
@@ -269,7 +269,9 @@ def test_int8_store_feeds_the_dequantised_memory(int8_store_path, store_path, tm
     runs = {name: Trainer(options(path, tmp_path / name, max_steps=4, eval_every=4))
             for name, path in (("int8", int8_store_path), ("fp16", store_path))}
     ids = np.arange(16)
-    int8 = runs["int8"].builder().build(0, 1, ids).to(torch.device("cpu")).memory
+    batch = runs["int8"].builder().build(0, 1, ids).to(torch.device("cpu"))
+    assert batch.memory.dtype == torch.int8  # carried as stored; the model dequantises what it reads
+    int8 = dequantised(batch.memory, batch.memory_scales)
     fp16 = runs["fp16"].builder().build(0, 1, ids).memory.float()
     scale = fp16.abs().amax(dim=-1, keepdim=True) / 127
     assert (int8 - fp16).abs().le(scale * 0.51 + 1e-3).all()

@@ -1,11 +1,14 @@
-"""The fused model's arithmetic: aligned fusion equals attention over explicitly projected neighbour keys and values."""
+"""The fused model's arithmetic: aligned fusion equals attention over explicitly projected neighbour keys and values;
+the network run over only the sites it can change equals it run over those sites alone."""
 
 from __future__ import annotations
 
 import torch
 
-from ragprep.model import BertConfig
-from ragtrain.model import MemoryFusion, ModelConfig
+from ragprep.model import MASK, PAD, BertConfig
+from ragtrain.hmm import WEIGHT_BUCKETS
+from ragtrain.model import MemoryFusion, ModelConfig, RagImputer, row_groups
+from ragtrain.retrieval import MATCH_BUCKETS, RetrievalSpec
 
 
 def explicit_aligned(fusion: MemoryFusion, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
@@ -29,3 +32,86 @@ def test_aligned_fusion_equals_explicit_keys_and_values():
     grads = [torch.autograd.grad(f(fusion, x, memory).square().sum(), fusion.attn.kv.weight)[0]
              for f in (lambda m, a, b: m(a, b, None), explicit_aligned)]
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+
+
+def imputer_inputs(b: int, length: int, k: int, d_memory: int, generator: torch.Generator) -> dict:
+    """A batch as `ragtrain.data.BatchBuilder` makes it: tokens with observed and hidden (MASK) sites, the last
+    sites padded, int8 memory with its scales, buckets, the copying model's P(ALT)."""
+    tokens = torch.randint(0, 2, (b, length), generator=generator)
+    tokens[torch.rand(b, length, generator=generator) < 0.7] = MASK
+    valid = torch.ones(b, length, dtype=torch.bool)
+    valid[:, length - 3:] = False
+    tokens[~valid] = PAD
+    return dict(tokens=tokens, af=torch.rand(b, length, generator=generator), valid=valid,
+                memory=torch.randint(-127, 128, (b, k, length, d_memory), generator=generator, dtype=torch.int8),
+                neighbour_tokens=torch.randint(0, 2, (b, k, length), generator=generator),
+                neighbour_match=torch.randint(0, MATCH_BUCKETS, (b, k, length), generator=generator),
+                copy_prob=torch.rand(b, length, generator=generator),
+                neighbour_weight=torch.randint(0, WEIGHT_BUCKETS, (b, k, length), generator=generator),
+                memory_scales=torch.rand(b, k, length, generator=generator).half() / 100)
+
+
+def twin_imputers(confident: float) -> tuple[RagImputer, RagImputer]:
+    """The same weights, pruning at `confident` and running over every site; position embeddings zero, so a
+    site's logits cannot depend on where its window's other kept sites lie."""
+    bert = BertConfig(d_model=32, n_layers=2, n_heads=4, window=24, d_memory=8)
+    pruned = RagImputer(ModelConfig(bert=bert, confident=confident), RetrievalSpec(k=3)).eval()
+    whole = RagImputer(ModelConfig(bert=bert, confident=0.0), RetrievalSpec(k=3)).eval()
+    with torch.no_grad():
+        for p in pruned.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # the untrained head is near zero: give it something to say
+        pruned.bert.embed.position.weight.zero_()
+    whole.load_state_dict(pruned.state_dict())
+    return pruned, whole
+
+
+def test_pruned_network_equals_the_whole_network_over_the_kept_sites():
+    generator = torch.Generator().manual_seed(3)
+    pruned, whole = twin_imputers(confident=1e-3)
+    inputs = imputer_inputs(4, 24, 3, 8, generator)
+    p = inputs["copy_prob"]
+    hidden = inputs["tokens"] == MASK
+    p[hidden & (torch.rand(p.shape, generator=generator) < 0.6)] = 1e-5  # confident REF
+    p[hidden & (torch.rand(p.shape, generator=generator) < 0.2)] = 1 - 1e-5  # confident ALT
+    p[1][hidden[1]] = 1e-6  # row 1: nothing hidden is unsure, so the network never sees it
+    with torch.no_grad():
+        logits = pruned(**inputs)
+    copying = torch.stack([torch.zeros_like(p), torch.logit(p.clamp(1e-4, 1 - 1e-4))], dim=-1)
+    unsure = hidden & (torch.minimum(p, 1 - p) > 1e-3) & inputs["valid"]
+    assert unsure.sum() > 5 and not unsure[1].any()
+    confident = (hidden & ~unsure) | ~inputs["valid"]
+    torch.testing.assert_close(logits[confident], copying[confident])
+    torch.testing.assert_close(logits[1], copying[1])
+    for row in (0, 2, 3):  # the kept sites alone, in order, through the network that runs over every site
+        kept = torch.nonzero((unsure | ~hidden)[row] & inputs["valid"][row]).squeeze(1)
+        alone = {name: (t[row:row + 1, kept] if t.dim() == 2 else t[row:row + 1, :, kept])
+                 for name, t in inputs.items()}
+        with torch.no_grad():
+            expected = whole(**alone)[0]
+        torch.testing.assert_close(logits[row, kept], expected, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(expected, copying[row, kept], atol=1e-3)  # the network did change them
+
+
+def test_pruned_network_trains_and_every_site_kept_is_the_whole_network():
+    generator = torch.Generator().manual_seed(4)
+    pruned, whole = twin_imputers(confident=1e-3)
+    inputs = imputer_inputs(3, 24, 3, 8, generator)
+    inputs["copy_prob"] = 0.1 + 0.8 * inputs["copy_prob"]  # every hidden site unsure: nothing left out
+    valid = inputs["valid"]  # padding: the copying model's 0.5 when pruned, never read either way
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(**inputs)[valid], whole(**inputs)[valid], rtol=1e-4, atol=1e-5)
+    pruned.train()
+    pruned(**inputs)[..., 1].sum().backward()
+    assert pruned.bert.blocks[0].attn.q.weight.grad.abs().sum() > 0
+    assert pruned.fusions["0"].attn.kv.weight.grad.abs().sum() > 0
+
+
+def test_row_groups_pad_each_row_to_its_own_power_of_two_within_the_budget():
+    counts = [150, 100, 90, 64, 63, 33, 32, 17, 16, 3, 1, 1]  # widest first, as the model sorts them
+    groups = row_groups(counts, length=160, budget=300)
+    assert [g.start for g, _ in groups] == [0] + [g.stop for g, _ in groups][:-1] and groups[-1][0].stop == 12
+    for group, width in groups:
+        for count in counts[group]:
+            assert count <= width <= 160 and (width == 160 or width < 2 * count)  # the row's own width
+        assert (group.stop - group.start) * width <= 300 or group.stop - group.start == 1
+    assert [(g.stop - g.start, w) for g, w in groups] == [(1, 160), (2, 128), (3, 64), (2, 32), (1, 16), (1, 4), (2, 1)]
