@@ -42,13 +42,13 @@ def imputer_inputs(b: int, length: int, k: int, d_memory: int, generator: torch.
     valid = torch.ones(b, length, dtype=torch.bool)
     valid[:, length - 3:] = False
     tokens[~valid] = PAD
-    return dict(tokens=tokens, af=torch.rand(b, length, generator=generator), valid=valid,
-                memory=torch.randint(-127, 128, (b, k, length, d_memory), generator=generator, dtype=torch.int8),
-                neighbour_tokens=torch.randint(0, 2, (b, k, length), generator=generator),
-                neighbour_match=torch.randint(0, MATCH_BUCKETS, (b, k, length), generator=generator),
-                copy_prob=torch.rand(b, length, generator=generator),
-                neighbour_weight=torch.randint(0, WEIGHT_BUCKETS, (b, k, length), generator=generator),
-                memory_scales=torch.rand(b, k, length, generator=generator).half() / 100)
+    return {"tokens": tokens, "af": torch.rand(b, length, generator=generator), "valid": valid,
+            "memory": torch.randint(-127, 128, (b, k, length, d_memory), generator=generator, dtype=torch.int8),
+            "neighbour_tokens": torch.randint(0, 2, (b, k, length), generator=generator),
+            "neighbour_match": torch.randint(0, MATCH_BUCKETS, (b, k, length), generator=generator),
+            "copy_prob": torch.rand(b, length, generator=generator),
+            "neighbour_weight": torch.randint(0, WEIGHT_BUCKETS, (b, k, length), generator=generator),
+            "memory_scales": torch.rand(b, k, length, generator=generator).half() / 100}
 
 
 def twin_imputers(confident: float) -> tuple[RagImputer, RagImputer]:
