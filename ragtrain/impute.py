@@ -119,7 +119,8 @@ class Imputer:
         items = inference_plan(plan, self.retrieval.segment, len(queries), self.batch_size)
         bar = progress_bar() if show_progress else nullcontext()  # fit's validation runs inside fit's own bar
         clock = self.clock
-        with bar, cores_shared(self.device):
+        shared = cores_shared(self.device) if model is not None else nullcontext()  # no network: all cores build
+        with bar, shared:
             task = bar.add_task("impute", total=len(items)) if show_progress else None
             batches = Prefetcher(builder, ((0, w, ids) for w, ids in items), pin=self.device.type == "cuda",
                                  workers=self.workers)
