@@ -360,7 +360,7 @@ def inference_plan(plan: WindowPlan, segment: int, n_queries: int, batch_size: i
     return items
 
 
-_sharing_cores = threading.local()
+_cores_shared = False  # torch's thread count is one a process: so is this
 
 
 @contextmanager
@@ -370,16 +370,17 @@ def cores_shared(device: torch.device) -> Iterator[None]:
     over-subscribing one pool (torch's pool is one a process). The same count either way, so the same sums
     and the same output with or without workers. Measured on 2 cores, `make compare`'s impute: 11.3 -> 9.3 s.
     A nested use keeps the outer one's count."""
-    if device.type != "cpu" or getattr(_sharing_cores, "on", False):
+    global _cores_shared
+    if device.type != "cpu" or _cores_shared:
         yield
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // 2))
-    _sharing_cores.on = True
+    _cores_shared = True
     try:
         yield
     finally:
-        _sharing_cores.on = False
+        _cores_shared = False
         torch.set_num_threads(threads)
 
 

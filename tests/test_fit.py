@@ -19,7 +19,15 @@ from typer.testing import CliRunner
 
 from ragprep.model import build_bert, save_bert
 from ragtrain.cli import app
-from ragtrain.data import WINDOWS_A_PASS, BatchBuilder, PanelAlleles, epoch_plan, panel_queries, split_samples
+from ragtrain.data import (
+    WINDOWS_A_PASS,
+    BatchBuilder,
+    PanelAlleles,
+    cores_shared,
+    epoch_plan,
+    panel_queries,
+    split_samples,
+)
 from ragtrain.fit import FitOptions, Trainer, fit, masked_loss
 from ragtrain.impute import Imputer
 from ragtrain.masking import MaskSpec, apply_mask
@@ -472,3 +480,21 @@ def test_a_querys_copying_model_does_not_depend_on_the_queries_beside_it(store_p
         np.testing.assert_array_equal(alone.copy_prob.numpy(), together.copy_prob.numpy()[part])
         np.testing.assert_array_equal(alone.neighbour_ids, together.neighbour_ids[part])
         np.testing.assert_array_equal(alone.neighbour_weight.numpy(), together.neighbour_weight.numpy()[part])
+
+
+def test_network_and_builder_share_the_cores_on_the_cpu():
+    """Inside fit and impute, torch's threads are halved (the builder runs beside the network), once, and given
+    back after; a CUDA run keeps them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with cores_shared(torch.device("cpu")):
+            assert torch.get_num_threads() == 2
+            with cores_shared(torch.device("cpu")):  # validation inside fit: not halved again
+                assert torch.get_num_threads() == 2
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 4
+        with cores_shared(torch.device("cuda")):
+            assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(threads)
