@@ -344,11 +344,10 @@ def biallelic_sites(rec: Variant, path: str) -> list[tuple[str, np.ndarray]]:
     alts = [alt for alt in rec.ALT if alt not in ("", ".")]
     if len(rec.ALT) == 1:
         return [(alts[0], gt)] if alts else []
-    sites = []
+    sites, calls = [], gt[:, :-1]
     for number, alt in enumerate(rec.ALT, start=1):
         if alt in ("", "."):
             continue
-        calls = gt[:, :-1]
         recoded = np.where(calls == number, 1, np.where(calls >= 0, 0, calls))
         sites.append((alt, np.concatenate([recoded, gt[:, -1:]], axis=1).astype(gt.dtype)))
     return sites

@@ -257,9 +257,9 @@ class Trainer:
         self.trained: torch.nn.Module = self.model  # what the step runs: under torchrun, the DDP wrapper
         if self.world.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # a rank whose queries the copying model is sure of everywhere runs no network (ModelConfig.confident)
+            # a rank whose queries the copying model is sure of everywhere runs no network (RagImputer.prunes)
             self.trained = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=ids, find_unused_parameters=self.config.confident > 0)
+                self.model, device_ids=ids, find_unused_parameters=self.model.prunes)
         self.panel_alleles = self.store.alleles()
         self.train_queries, val_queries = load_queries(self.store, self.panel_alleles, options)
         self.mask = MaskSpec.parse(options.mask)

@@ -96,7 +96,7 @@ class Imputer:
         sites it can change (it groups the rows itself: `ragtrain.model.row_groups`); else, on the CPU, as many
         as keep its largest activation under CPU_CHUNK_BYTES: the FFN's, the fused memory's keys and values
         (k x 2 d_model a site), or online the neighbours' FFNs (k x the FFN)."""
-        if self.device.type != "cpu" or self.model.config.confident > 0:  # pruned: the model groups its rows
+        if self.device.type != "cpu" or self.model.prunes:  # pruned: the model groups its rows itself
             return self.batch_size
         bert, mode, k = self.model.config.bert, self.model.config.rag_mode, self.retrieval.k
         fused = max(bert.ffn_mult, 2 * k)
@@ -194,9 +194,9 @@ def _impute_genome(target_vcf: str, genome: dict[str, str], model_path: str, out
     reports = []
     with output_lock(out):
         try:
+            single = model_path == COPYING or Path(model_path).is_file()  # else fit's run folder, a model a contig
             for number, (contig, part) in enumerate(zip(contigs, parts), start=1):
                 console.print(f"[bold]contig {contig}[/bold] ({number} of {len(contigs)})")
-                single = model_path == COPYING or Path(model_path).is_file()
                 model = model_path if single else str(Path(model_path) / contig / "best.pt")
                 reports.append(impute(target_vcf, genome[contig], model, str(part), region=region or contig,
                                       **options))

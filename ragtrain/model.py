@@ -176,6 +176,12 @@ class RagImputer(nn.Module):
         self.copy_features = nn.Linear(2, config.bert.d_model) if retrieval.selection == "copying" else None
         self.copy_scale = nn.Parameter(torch.ones(())) if retrieval.selection == "copying" else None
 
+    @property
+    def prunes(self) -> bool:
+        """Whether the network runs only over the sites it can change (`ModelConfig.confident`; it needs the
+        copying model's P(ALT), `RetrievalSpec.selection` "copying")."""
+        return self.copy_features is not None and self.config.confident > 0
+
     def forward(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None = None,
                 memory: torch.Tensor | None = None, neighbour_tokens: torch.Tensor | None = None,
                 neighbour_match: torch.Tensor | None = None, copy_prob: torch.Tensor | None = None,
@@ -195,7 +201,7 @@ class RagImputer(nn.Module):
         if self.copy_features is not None:
             p = copy_prob.float().clamp(1e-4, 1 - 1e-4)
             prior = torch.log(p) - torch.log1p(-p)  # logit
-        if prior is None or self.config.confident <= 0:
+        if not self.prunes:
             return self._network(tokens, af, valid, dequantised(memory, memory_scales), neighbour_tokens,
                                  neighbour_match, neighbour_weight, p, prior)
         copying = torch.stack([torch.zeros_like(prior), prior], dim=-1)
