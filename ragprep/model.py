@@ -3,7 +3,8 @@
 Tokens are alleles (REF, ALT, MASK, PAD); each site adds a position-in-window embedding and an embedding of
 its ALT allele frequency. Pre-LN blocks, attention through scaled_dot_product_attention with a padding mask
 (flash / memory-efficient kernels: memory linear in the window length), GELU FFN. `memory_proj` maps hidden
-states to the memory dim stored for retrieval.
+states to the memory dim stored for retrieval. Windows come whole ([B, L]) or as some sites of several rows
+packed one after another ([T], `Packed`): only self-attention sees the rows, every other layer is per token.
 """
 
 from __future__ import annotations
@@ -71,11 +72,21 @@ class SiteEmbedding(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, tokens: torch.Tensor, af: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """positions [B, L]: each token's place in its window (default 0..L-1: the whole window in order)."""
+        """positions [B, L] (or [T] packed): each token's place in its window (default 0..L-1: the whole window
+        in order)."""
         if positions is None:
             positions = torch.arange(tokens.shape[-1], device=tokens.device)
         af_features = torch.stack([af, torch.sqrt(af * (1 - af))], dim=-1).to(self.af.weight.dtype)
         return self.dropout(self.token(tokens) + self.position(positions) + self.af(af_features))
+
+
+@dataclass(frozen=True)
+class Packed:
+    """The layout of T tokens from several rows stored one after another ([T, ...], no padding): per-token
+    layers see them as they are; self-attention pads each row again, rows of one width together: `rows` holds
+    one int64 [R, W] tensor per width, the token indices of each row, T where the row is shorter than W."""
+
+    rows: tuple[torch.Tensor, ...]
 
 
 def attention_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
@@ -95,13 +106,30 @@ class Attention(nn.Module):
         self.kv = nn.Linear(d_kv or d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, memory: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packed | None,
+                memory: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, D] with an SDPA mask (or None), or packed tokens x [T, D] with their `Packed` rows."""
+        if isinstance(mask, Packed):
+            return self.out(self._packed(x, mask))
         source = x if memory is None else memory
         q = self._heads(self.q(x))
         k, v = (self._heads(t) for t in self.kv(source).chunk(2, dim=-1))
-        p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).flatten(2))
+
+    def _packed(self, x: torch.Tensor, packed: Packed) -> torch.Tensor:
+        """Self-attention within each row of packed tokens: queries, keys and values per token, then each width's
+        rows padded (always masked: a row's sums do not depend on its neighbours in the group) and put back."""
+        n_tokens = x.shape[0]
+        qkv = torch.cat([self.q(x), self.kv(x)], dim=-1)
+        qkv = torch.cat([qkv, qkv.new_zeros((1, qkv.shape[1]))])  # row T: what padding reads
+        y = x.new_zeros((n_tokens + 1, x.shape[1]))
+        for index in packed.rows:
+            q, k, v = (self._heads(t) for t in qkv[index].chunk(3, dim=-1))
+            mask = (index < n_tokens)[:, None, None, :]
+            rows = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+            y = y.index_put((index,), rows.transpose(1, 2).flatten(2))  # padding writes row T, dropped below
+        return y[:n_tokens]
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)
@@ -123,7 +151,7 @@ class Block(nn.Module):
         self.ln_ffn = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config.d_model, config.ffn_mult, config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packed | None) -> torch.Tensor:
         x = x + self.attn(self.ln_attn(x), mask)
         return x + self.ffn(self.ln_ffn(x))
 
@@ -133,7 +161,8 @@ AfterBlock = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 class Bert(nn.Module):
-    """BERT over one window of haplotypes: tokens [B, L], af [B, L] or [L], valid [B, L] -> hidden [B, L, D].
+    """BERT over one window of haplotypes: tokens [B, L], af [B, L] or [L], valid [B, L] -> hidden [B, L, D]; or
+    over packed tokens [T] of several rows (`Packed`), af and positions [T] -> hidden [T, D].
 
     `gradient_checkpointing` (a runtime switch, not part of the config) recomputes each block's activations
     in the backward pass while training: less memory, about a third more time.
@@ -151,14 +180,15 @@ class Bert(nn.Module):
 
     def forward(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None = None,
                 after_block: AfterBlock | None = None, site_features: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
-        """The project's one pass over the blocks; `site_features` [B, L, D] are added to the embeddings,
-        `after_block` may change the hidden states between blocks; `positions` [B, L] place the tokens in
-        their window when they are some of its sites (default: all of them, in order)."""
+                positions: torch.Tensor | None = None, packed: Packed | None = None) -> torch.Tensor:
+        """The project's one pass over the blocks; `site_features` [B, L, D] (or [T, D]) are added to the
+        embeddings, `after_block` may change the hidden states between blocks; `positions` place the tokens in
+        their window when they are some of its sites (default: all of them, in order); `packed`: the rows of
+        packed tokens (then `valid` is not read)."""
         x = self.embed(tokens, af, positions)
         if site_features is not None:
             x = x + site_features
-        mask = attention_mask(valid)
+        mask = packed if packed is not None else attention_mask(valid)
         for i, block in enumerate(self.blocks):
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(block, x, mask, use_reentrant=False)

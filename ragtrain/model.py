@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ragprep.model import MASK, VOCAB, Attention, Bert, BertConfig, attention_mask
+from ragprep.model import MASK, VOCAB, Attention, Bert, BertConfig, Packed, attention_mask
 from ragtrain.hmm import WEIGHT_BUCKETS
 from ragtrain.retrieval import MATCH_BUCKETS, RetrievalSpec
 from stores.errors import UserError
@@ -123,8 +123,8 @@ class MemoryFusion(nn.Module):
         self.attn = Attention(bert.d_model, bert.n_heads, bert.dropout, d_kv=bert.d_memory)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        """memory: [B, L, k, d_mem] site-major for aligned fusion (each site's neighbours together), [B, k, L,
-        d_mem] for full."""
+        """memory: [B, L, k, d_mem] site-major for aligned fusion (each site's neighbours together; packed
+        tokens: x [T, D], memory [T, k, d_mem]), [B, k, L, d_mem] for full."""
         q = self.ln_query(x)
         if self.fusion == "aligned":
             return x + self._aligned(q, memory)
@@ -133,7 +133,7 @@ class MemoryFusion(nn.Module):
         return x + self.attn(q, mask, memory.reshape(b, k * length, -1))
 
     def _aligned(self, q: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """Each site attends to the k neighbours at the same site (memory [B, L, k, d_mem]): O(L k).
+        """Each site attends to the k neighbours at the same site (memory [..., k, d_mem]): O(L k).
 
         Keys and values are linear in the memory, so they are never built: each head's query is carried into
         the memory dim (q W_k), its score is a dot product there, and the heads' memory mixes pass through W_v
@@ -145,16 +145,16 @@ class MemoryFusion(nn.Module):
         w_k, w_v = attn.kv.weight.unflatten(0, (2, heads, -1))  # each [h, dh, d_mem]
         b_v = attn.kv.bias[d_model:].unflatten(0, (heads, -1))  # [h, dh]
         head_dim = w_k.shape[1]
-        query = attn.q(q).unflatten(-1, (heads, head_dim))  # [B, L, h, dh]
-        query = torch.einsum("blhe,hem->blhm", query, w_k) * head_dim ** -0.5  # [B, L, h, d_mem]
-        scores = torch.matmul(memory, query.transpose(-1, -2))  # [B, L, k, h]: one small matmul a site
+        query = attn.q(q).unflatten(-1, (heads, head_dim))  # [..., h, dh]
+        query = torch.einsum("...he,hem->...hm", query, w_k) * head_dim ** -0.5  # [..., h, d_mem]
+        scores = torch.matmul(memory, query.transpose(-1, -2))  # [..., k, h]: one small matmul a site
         weights = F.dropout(scores.softmax(dim=-2), attn.dropout, self.training)
-        mixed = torch.matmul(weights.transpose(-1, -2), memory)  # [B, L, h, d_mem]
+        mixed = torch.matmul(weights.transpose(-1, -2), memory)  # [..., h, d_mem]
         out_w = attn.out.weight.unflatten(1, (heads, head_dim))  # [D, h, dh]
         through = torch.einsum("dhe,hem->dhm", out_w, w_v).flatten(1)  # [D, h * d_mem]
         value_bias = torch.einsum("dhe,he->hd", out_w, b_v)  # [h, D]: W_out's share of each head's W_v bias
         # weights sum to one over k, less what dropout drops: each head's value bias counts as much as is left
-        return F.linear(mixed.flatten(2), through, attn.out.bias) + weights.sum(dim=-2) @ value_bias
+        return F.linear(mixed.flatten(-2), through, attn.out.bias) + weights.sum(dim=-2) @ value_bias
 
 
 class RagImputer(nn.Module):
@@ -179,8 +179,8 @@ class RagImputer(nn.Module):
     @property
     def prunes(self) -> bool:
         """Whether the network runs only over the sites it can change (`ModelConfig.confident`; it needs the
-        copying model's P(ALT), `RetrievalSpec.selection` "copying")."""
-        return self.copy_features is not None and self.config.confident > 0
+        copying model's P(ALT), `RetrievalSpec.selection` "copying", and site-aligned fusion)."""
+        return self.copy_features is not None and self.config.confident > 0 and self.config.fusion == "aligned"
 
     def forward(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None = None,
                 memory: torch.Tensor | None = None, neighbour_tokens: torch.Tensor | None = None,
@@ -193,8 +193,8 @@ class RagImputer(nn.Module):
 
         With `ModelConfig.confident` > 0 the network runs only over the sites whose output it can change: the
         observed ones and the hidden ones the copying model is unsure of; every other site's logits are the
-        copying model's ([0, logit P(ALT)]), and a query with no unsure hidden site does not enter it. The rows
-        that do go through in groups of similar width (`row_groups`)."""
+        copying model's ([0, logit P(ALT)]), and a query with no unsure hidden site does not enter it. The kept
+        sites of the rows that do go through packed, one after another (`_kept`)."""
         if self.config.rag_mode == "online":
             memory = self.online_memory(neighbour_tokens, af, valid)
         p = prior = None
@@ -213,48 +213,46 @@ class RagImputer(nn.Module):
         rows = torch.nonzero(unsure.any(dim=1)).squeeze(1)
         counts = keep[rows].sum(dim=1)
         order = torch.argsort(counts, descending=True, stable=True)
+        rows, counts = rows[order], counts[order]
         out = copying
-        for group, width in row_groups(counts[order].tolist(), tokens.shape[1]):
-            out = self._kept(out, rows[order[group]], width, keep, tokens, af, memory, memory_scales,
+        for part, groups in network_passes(counts.tolist(), tokens.shape[1]):
+            out = self._kept(out, rows[part], counts[part], groups, keep, tokens, af, memory, memory_scales,
                              neighbour_tokens, neighbour_match, neighbour_weight, p, prior)
         return out
 
-    def _kept(self, out: torch.Tensor, rows: torch.Tensor, width: int, keep: torch.Tensor,
-              *inputs: torch.Tensor | None) -> torch.Tensor:
-        """`out` with the network's logits at the kept sites of `rows`: each row's kept sites first, in window
-        order, the rest of the width stand-ins pointing past the window (their logits dropped)."""
-        keep = keep[rows]
-        length = keep.shape[1]
-        index = torch.sort(torch.where(keep, torch.arange(length, device=keep.device), length), dim=1).values[:, :width]
-        at = index.clamp(max=length - 1)
+    def _kept(self, out: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor, groups: list[tuple[slice, int]],
+              keep: torch.Tensor, *inputs: torch.Tensor | None) -> torch.Tensor:
+        """`out` with the network's logits at the kept sites of `rows` (`counts` of them a row): those sites
+        packed row by row in window order, each row padded to its group's width for self-attention alone."""
+        row, site = torch.nonzero(keep[rows], as_tuple=True)  # row by row, each in window order
+        query = rows[row]
 
         def take(t: torch.Tensor | None) -> torch.Tensor | None:
-            """t [B, L] or [B, k, L, ...] at the kept sites of the rows."""
-            if t is None:
-                return None
-            t = t[rows]
-            if t.dim() == 2:
-                return t.gather(1, at)
-            sites = at[:, None, :].expand(-1, t.shape[1], -1)
-            return t.gather(2, sites if t.dim() == 3 else sites[..., None].expand(-1, -1, -1, t.shape[3]))
+            """t [B, L] or [B, k, L, ...] at the kept sites: [T] or [T, k, ...]."""
+            return None if t is None else t[query, site] if t.dim() == 2 else t[query, :, site]
 
+        starts = torch.cumsum(counts, dim=0) - counts
+        n_tokens = int(site.shape[0])
+        packed = []
+        for group, width in groups:
+            offset = torch.arange(width, device=rows.device)[None, :]
+            packed.append(torch.where(offset < counts[group, None], starts[group, None] + offset, n_tokens))
         tokens, af, memory, scales, neighbour_tokens, match, weight, p, prior = (take(t) for t in inputs)
-        logits = self._network(tokens, af, index < length, dequantised(memory, scales), neighbour_tokens, match,
-                               weight, p, prior, positions=at)
-        ran = torch.cat([out[rows], out.new_zeros((len(rows), 1, 2))], dim=1)  # one column for the stand-ins
-        ran = ran.scatter(1, index[..., None].expand(-1, -1, 2), logits.to(ran.dtype))[:, :-1]
-        return out.index_put((rows,), ran)
+        logits = self._network(tokens, af, None, dequantised(memory, scales), neighbour_tokens, match, weight,
+                               p, prior, positions=site, packed=Packed(tuple(packed)))
+        return out.index_put((query, site), logits.to(out.dtype))
 
     def _network(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None,
                  memory: torch.Tensor | None, neighbour_tokens: torch.Tensor | None,
                  neighbour_match: torch.Tensor | None, neighbour_weight: torch.Tensor | None,
                  p: torch.Tensor | None, prior: torch.Tensor | None,
-                 positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of the sites given (a whole window, or some of its sites at `positions`); p and prior: the
-        copying model's P(ALT) (clamped) and its logit."""
+                 positions: torch.Tensor | None = None, packed: Packed | None = None) -> torch.Tensor:
+        """Logits of the sites given: whole windows [B, L], or packed sites [T] of several rows (`packed`, at
+        `positions` in their windows, neighbour inputs [T, k, ...]); p and prior: the copying model's P(ALT)
+        (clamped) and its logit."""
         if self.neighbour_memory is not None:
             memory = self.neighbour_memory(memory, neighbour_tokens, neighbour_match, neighbour_weight)
-            if self.config.fusion == "aligned":  # once for every fused layer
+            if self.config.fusion == "aligned" and packed is None:  # site-major, once for every fused layer
                 memory = memory.transpose(1, 2).contiguous()
 
         def fuse(layer: int, x: torch.Tensor) -> torch.Tensor:
@@ -264,7 +262,7 @@ class RagImputer(nn.Module):
         if prior is not None:
             features = self.copy_features(torch.stack([p, prior / 8], dim=-1).to(self.copy_features.weight.dtype))
         logits = self.head(self.bert(tokens, af, valid, after_block=fuse if self.fusions else None,
-                                     site_features=features, positions=positions))
+                                     site_features=features, positions=positions, packed=packed))
         if prior is None:
             return logits
         return logits + torch.stack([torch.zeros_like(prior), self.copy_scale * prior], dim=-1).to(logits.dtype)
@@ -279,8 +277,9 @@ class RagImputer(nn.Module):
 
 
 TOKENS_A_PASS = 8192
-"""Pruned windows go through the network in groups of at most this many tokens (`row_groups`): on the CPU the
-largest activation (k x d_memory a token at the defaults) stays under 16 MB, which glibc keeps between batches."""
+"""Pruned windows go through the network at most this many tokens at a time (padded to their rows' widths,
+`network_passes`): on the CPU the largest activation (k x d_memory a token at the defaults) stays under 16 MB,
+which glibc keeps between batches."""
 
 
 def row_groups(counts: list[int], length: int, budget: int = TOKENS_A_PASS) -> list[tuple[slice, int]]:
@@ -296,6 +295,23 @@ def row_groups(counts: list[int], length: int, budget: int = TOKENS_A_PASS) -> l
         else:
             groups.append((slice(i, i + 1), width))
     return groups
+
+
+def network_passes(counts: list[int], length: int,
+                   budget: int = TOKENS_A_PASS) -> list[tuple[slice, list[tuple[slice, int]]]]:
+    """The rows (sorted by kept sites, widest first) in passes through the network: consecutive `row_groups`,
+    at most `budget` padded tokens a pass (one group at least); each pass's groups, relative to its first row."""
+    passes: list[tuple[slice, list[tuple[slice, int]]]] = []
+    used = budget
+    for group, width in row_groups(counts, length, budget):
+        tokens = (group.stop - group.start) * width
+        if used + tokens > budget:
+            passes.append((slice(group.start, group.start), []))
+            used = 0
+        first = passes[-1][0].start
+        passes[-1] = (slice(first, group.stop), passes[-1][1] + [(slice(group.start - first, group.stop - first), width)])
+        used += tokens
+    return passes
 
 
 def dequantised(memory: torch.Tensor | None, scales: torch.Tensor | None) -> torch.Tensor | None:
