@@ -162,6 +162,7 @@ class BatchBuilder:
         self._index_key: tuple | None = None
         self._pass: CopyingPass | None = None  # the last copying pass, and what it was run on
         self._pass_key: tuple | None = None
+        self._key: tuple | None = None  # without masks drawn per window: the last key span's alleles, and whose
         most = store.n_haplotypes - queries.exclude.shape[1]
         if retrieval.k > most:
             raise UserError("--k", f"cannot retrieve k={retrieval.k} neighbours from {store.n_haplotypes} reference "
@@ -198,10 +199,21 @@ class BatchBuilder:
         with self.clock.stage("batches"):
             return self._build(epoch, window, query_ids, scored)
 
+    def key_alleles(self, epoch: int, window: int, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(truth, hidden, observed) [B, key span] of the queries: read once for every window of a segment when
+        no mask is drawn per window (impute, validation, `--targets`)."""
+        key_span = self.key_span(window)
+        key = (key_span.start, key_span.stop, np.asarray(query_ids).tobytes())
+        if self.mask is None and self._key is not None and self._key[0] == key:
+            return self._key[1]
+        truth, hidden = self.queries.alleles[query_ids, key_span], self.masks(epoch, window, query_ids)
+        alleles = (truth, hidden, apply_mask(truth, hidden))
+        self._key = (key, alleles)
+        return alleles
+
     def _build(self, epoch: int, window: int, query_ids: np.ndarray, scored: bool) -> Batch:
         span, key_span = self.plan.sites(window), self.key_span(window)
-        key_truth, key_hidden = self.queries.alleles[query_ids, key_span], self.masks(epoch, window, query_ids)
-        key_observed = apply_mask(key_truth, key_hidden)
+        key_truth, key_hidden, key_observed = self.key_alleles(epoch, window, query_ids)
         inside = slice(span.start - key_span.start, span.stop - key_span.start)
         truth, hidden, observed = key_truth[:, inside], key_hidden[:, inside], key_observed[:, inside]
         tokens, af, valid = pad_window(observed, self.store.af[span], self.plan.length)
@@ -240,7 +252,8 @@ class BatchBuilder:
         later window of the same segment that the same queries observe alike."""
         key_span = self.key_span(window)
         key = (key_span.start, key_span.stop, np.asarray(query_ids).tobytes())
-        if self._pass_key is not None and self._pass_key[0] == key and np.array_equal(self._pass_key[1], key_observed):
+        if self._pass_key is not None and self._pass_key[0] == key and (
+                self._pass_key[1] is key_observed or np.array_equal(self._pass_key[1], key_observed)):
             return self._pass
         panel = self.panel.span(key_span)
         exclude = self.queries.exclude[query_ids]
@@ -258,7 +271,7 @@ class BatchBuilder:
             self._pass = copying(torch.from_numpy(panel).to(self.device), torch.from_numpy(key_observed).to(self.device),
                                  torch.from_numpy(self.cm[key_span]).to(self.device), states.to(self.device), allowed,
                                  ne=self.retrieval.ne, mismatch=self.retrieval.mismatch)
-        self._pass_key = (key, key_observed.copy())
+        self._pass_key = (key, key_observed)  # never written to: the batch copies what it takes
         return self._pass
 
     def select_states(self, window: int, observed: np.ndarray, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

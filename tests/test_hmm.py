@@ -132,5 +132,7 @@ def test_per_query_states_equal_the_copying_model_over_those_haplotypes_alone(mo
         np.testing.assert_allclose(result.gamma[:n, b].numpy(), alone.gamma[:n, 0].numpy(), rtol=1e-5, atol=1e-7)
         p_alone = alt_probability(alone, slice(10, 50), alleles[states[b], 10:50])
         np.testing.assert_allclose(p[b], p_alone[0], rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(hmm, "SITE_BLOCK", 3)  # blocks of sites, each through only the rows they lie between
+    np.testing.assert_allclose(alt_probability(result, slice(10, 50), alleles[:, 10:50]), p, rtol=1e-5, atol=1e-7)
     monkeypatch.setattr(hmm, "HAPLOTYPE_SPACE", 0)  # the states' alleles gathered, not the haplotypes' summed
     np.testing.assert_allclose(alt_probability(result, slice(10, 50), alleles[:, 10:50]), p, rtol=1e-5, atol=1e-7)

@@ -7,7 +7,7 @@ import torch
 
 from ragprep.model import MASK, PAD, BertConfig
 from ragtrain.hmm import WEIGHT_BUCKETS
-from ragtrain.model import MemoryFusion, ModelConfig, RagImputer, row_groups
+from ragtrain.model import MemoryFusion, ModelConfig, RagImputer, network_passes, row_groups
 from ragtrain.retrieval import MATCH_BUCKETS, RetrievalSpec
 
 
@@ -115,3 +115,14 @@ def test_row_groups_pad_each_row_to_its_own_power_of_two_within_the_budget():
             assert count <= width <= 160 and (width == 160 or width < 2 * count)  # the row's own width
         assert (group.stop - group.start) * width <= 300 or group.stop - group.start == 1
     assert [(g.stop - g.start, w) for g, w in groups] == [(1, 160), (2, 128), (3, 64), (2, 32), (1, 16), (1, 4), (2, 1)]
+
+
+def test_network_passes_take_every_group_once_within_the_budget():
+    counts = [150, 100, 90, 64, 63, 33, 32, 17, 16, 3, 1, 1]
+    passes = network_passes(counts, length=160, budget=300)
+    assert [p.start for p, _ in passes] == [0] + [p.stop for p, _ in passes][:-1] and passes[-1][0].stop == 12
+    regrouped = [(slice(p.start + g.start, p.start + g.stop), w) for p, groups in passes for g, w in groups]
+    assert regrouped == row_groups(counts, length=160, budget=300)
+    for part, groups in passes:
+        assert sum((g.stop - g.start) * w for g, w in groups) <= 300 or len(groups) == 1
+        assert groups[-1][0].stop == part.stop - part.start
