@@ -151,8 +151,12 @@ class Block(nn.Module):
         self.ln_ffn = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config.d_model, config.ffn_mult, config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packed | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packed | None,
+                outputs: torch.Tensor | None = None) -> torch.Tensor:
+        """`outputs` (packed tokens): the tokens whose states are returned; the feed-forward runs on those alone."""
         x = x + self.attn(self.ln_attn(x), mask)
+        if outputs is not None:
+            x = x[outputs]
         return x + self.ffn(self.ln_ffn(x))
 
 
@@ -180,20 +184,23 @@ class Bert(nn.Module):
 
     def forward(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None = None,
                 after_block: AfterBlock | None = None, site_features: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, packed: Packed | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, packed: Packed | None = None,
+                outputs: torch.Tensor | None = None) -> torch.Tensor:
         """The project's one pass over the blocks; `site_features` [B, L, D] (or [T, D]) are added to the
         embeddings, `after_block` may change the hidden states between blocks; `positions` place the tokens in
         their window when they are some of its sites (default: all of them, in order); `packed`: the rows of
-        packed tokens (then `valid` is not read)."""
+        packed tokens (then `valid` is not read), `outputs` the indices of those whose states are wanted: the
+        last block attends from every token but runs on (and returns) those alone."""
         x = self.embed(tokens, af, positions)
         if site_features is not None:
             x = x + site_features
         mask = packed if packed is not None else attention_mask(valid)
         for i, block in enumerate(self.blocks):
+            wanted = outputs if i == len(self.blocks) - 1 else None
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, mask, use_reentrant=False)
+                x = checkpoint(block, x, mask, wanted, use_reentrant=False)
             else:
-                x = block(x, mask)
+                x = block(x, mask, wanted)
             if after_block is not None:
                 x = after_block(i, x)
         return self.norm(x)

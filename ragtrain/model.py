@@ -216,16 +216,19 @@ class RagImputer(nn.Module):
         rows, counts = rows[order], counts[order]
         out = copying
         for part, groups in network_passes(counts.tolist(), tokens.shape[1]):
-            out = self._kept(out, rows[part], counts[part], groups, keep, tokens, af, memory, memory_scales,
+            out = self._kept(out, rows[part], counts[part], groups, keep, unsure, tokens, af, memory, memory_scales,
                              neighbour_tokens, neighbour_match, neighbour_weight, p, prior)
         return out
 
     def _kept(self, out: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor, groups: list[tuple[slice, int]],
-              keep: torch.Tensor, *inputs: torch.Tensor | None) -> torch.Tensor:
-        """`out` with the network's logits at the kept sites of `rows` (`counts` of them a row): those sites
-        packed row by row in window order, each row padded to its group's width for self-attention alone."""
+              keep: torch.Tensor, unsure: torch.Tensor, *inputs: torch.Tensor | None) -> torch.Tensor:
+        """`out` with the network's logits at the unsure sites of `rows`: their kept sites (`counts` a row)
+        packed row by row in window order, each row padded to its group's width for self-attention alone; the
+        observed sites are context, their own logits never read (a target's typed genotype is its own, and
+        training scores hidden sites), so the last block runs on the unsure sites alone."""
         row, site = torch.nonzero(keep[rows], as_tuple=True)  # row by row, each in window order
         query = rows[row]
+        outputs = torch.nonzero(unsure[query, site]).squeeze(1)
 
         def take(t: torch.Tensor | None) -> torch.Tensor | None:
             """t [B, L] or [B, k, L, ...] at the kept sites: [T] or [T, k, ...]."""
@@ -239,32 +242,39 @@ class RagImputer(nn.Module):
             packed.append(torch.where(offset < counts[group, None], starts[group, None] + offset, n_tokens))
         tokens, af, memory, scales, neighbour_tokens, match, weight, p, prior = (take(t) for t in inputs)
         logits = self._network(tokens, af, None, dequantised(memory, scales), neighbour_tokens, match, weight,
-                               p, prior, positions=site, packed=Packed(tuple(packed)))
-        return out.index_put((query, site), logits.to(out.dtype))
+                               p, prior, positions=site, packed=Packed(tuple(packed)), outputs=outputs)
+        return out.index_put((query[outputs], site[outputs]), logits.to(out.dtype))
 
     def _network(self, tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None,
                  memory: torch.Tensor | None, neighbour_tokens: torch.Tensor | None,
                  neighbour_match: torch.Tensor | None, neighbour_weight: torch.Tensor | None,
                  p: torch.Tensor | None, prior: torch.Tensor | None,
-                 positions: torch.Tensor | None = None, packed: Packed | None = None) -> torch.Tensor:
+                 positions: torch.Tensor | None = None, packed: Packed | None = None,
+                 outputs: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the sites given: whole windows [B, L], or packed sites [T] of several rows (`packed`, at
-        `positions` in their windows, neighbour inputs [T, k, ...]); p and prior: the copying model's P(ALT)
-        (clamped) and its logit."""
+        `positions` in their windows, neighbour inputs [T, k, ...]; logits of the `outputs` among them, default
+        all); p and prior: the copying model's P(ALT) (clamped) and its logit."""
         if self.neighbour_memory is not None:
             memory = self.neighbour_memory(memory, neighbour_tokens, neighbour_match, neighbour_weight)
             if self.config.fusion == "aligned" and packed is None:  # site-major, once for every fused layer
                 memory = memory.transpose(1, 2).contiguous()
+        last = self.config.bert.n_layers - 1
+        memory_out = memory if outputs is None or memory is None else memory[outputs]
 
         def fuse(layer: int, x: torch.Tensor) -> torch.Tensor:
-            return self.fusions[str(layer)](x, memory, valid) if str(layer) in self.fusions else x
+            if str(layer) not in self.fusions:
+                return x
+            return self.fusions[str(layer)](x, memory_out if layer == last else memory, valid)
 
         features = None
         if prior is not None:
             features = self.copy_features(torch.stack([p, prior / 8], dim=-1).to(self.copy_features.weight.dtype))
         logits = self.head(self.bert(tokens, af, valid, after_block=fuse if self.fusions else None,
-                                     site_features=features, positions=positions, packed=packed))
+                                     site_features=features, positions=positions, packed=packed, outputs=outputs))
         if prior is None:
             return logits
+        if outputs is not None:
+            prior = prior[outputs]
         return logits + torch.stack([torch.zeros_like(prior), self.copy_scale * prior], dim=-1).to(logits.dtype)
 
     def online_memory(self, neighbour_tokens: torch.Tensor, af: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
