@@ -15,6 +15,7 @@ Every window of the span reads its copying weights and P(ALT) from that pass (`C
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,16 +142,21 @@ def switch_probabilities(cm: np.ndarray | torch.Tensor, ne: float, n_haplotypes)
     return -torch.expm1(-4.0 * ne * morgans / n_haplotypes)
 
 
-def _state_alleles_at_steps(alleles: torch.Tensor, obs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """int8 [M, B, N]: the allele query b's state n carries at its observed step m (alleles [H, S], obs [B, M]
-    site indices, states [B, N]); one gather for all the queries that observe the same sites."""
-    by_site = alleles.T  # [S, H]
+def _carried(alleles: torch.Tensor, obs: torch.Tensor, states: torch.Tensor) -> Callable[[int], torch.Tensor]:
+    """carried(m) -> int8 [B, N]: the allele query b's state n carries at its observed step m (alleles [H, S],
+    obs [B, M] site indices, states [B, N]). When every query observes the same sites (impute, validation,
+    `--targets`) each step's is gathered as it is needed, from the observed sites' alleles [M, H]; else all
+    steps' at once [M, B, N], one gather for each set of queries that observe the same sites."""
     steps, group = torch.unique(obs, dim=0, return_inverse=True)
+    if steps.shape[0] == 1:
+        by_step, flat = alleles[:, steps[0]].T.contiguous(), states.flatten()
+        return lambda m: by_step[m].index_select(0, flat).view(states.shape)
+    by_site = alleles.T  # [S, H]
     out = torch.empty((obs.shape[1], *states.shape), dtype=alleles.dtype, device=alleles.device)
     for g in range(steps.shape[0]):
         members = torch.nonzero(group == g).flatten()
         out[:, members] = by_site[steps[g]][:, states[members]]  # [M, H] -> [M, members, N]
-    return out
+    return lambda m: out[m]
 
 
 @torch.no_grad()
@@ -181,7 +187,7 @@ def copying(alleles: torch.Tensor, observed: torch.Tensor, cm: torch.Tensor, sta
     jump = allowed_f / n_allowed  # [B, N]
 
     query = observed.gather(1, obs)  # [B, M]
-    match = _state_alleles_at_steps(alleles, obs, states) == query.T[:, :, None]  # bool [M, B, N]
+    carried = _carried(alleles, obs, states)
     obs_cm = cm[obs]  # [B, M]
     r = switch_probabilities(obs_cm, ne, n_allowed).to(torch.float32)  # [B, M-1]
     r = torch.where(real[:, 1:], r, 0.0)[..., None]  # padded steps do not switch
@@ -192,12 +198,12 @@ def copying(alleles: torch.Tensor, observed: torch.Tensor, cm: torch.Tensor, sta
     if every:  # the jump term is one number a row
         jump = jump[:, :1]
 
-    match = match.view(torch.uint8)  # bool as bytes: to float32 ~20x faster than torch.where on the CPU
-
     def emission(m: int) -> torch.Tensor:
         """[B, N] at step m (a new tensor): 1 - mismatch where the state's allele matches, mismatch where not, 0
-        for disallowed states, 1 (allowed) at padding."""
-        e = match[m].to(torch.float32).mul_(1 - 2 * mismatch).add_(mismatch)
+        for disallowed states, 1 (allowed) at padding. (bool as bytes to float32: ~20x faster than
+        torch.where on the CPU.)"""
+        match = (carried(m) == query[:, m, None]).view(torch.uint8)
+        e = match.to(torch.float32).mul_(1 - 2 * mismatch).add_(mismatch)
         if not every:
             e.mul_(allowed_f)
         return torch.where(pad[m], allowed_f, e) if padded[m] else e

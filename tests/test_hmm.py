@@ -136,3 +136,17 @@ def test_per_query_states_equal_the_copying_model_over_those_haplotypes_alone(mo
     np.testing.assert_allclose(alt_probability(result, slice(10, 50), alleles[:, 10:50]), p, rtol=1e-5, atol=1e-7)
     monkeypatch.setattr(hmm, "HAPLOTYPE_SPACE", 0)  # the states' alleles gathered, not the haplotypes' summed
     np.testing.assert_allclose(alt_probability(result, slice(10, 50), alleles[:, 10:50]), p, rtol=1e-5, atol=1e-7)
+
+
+def test_queries_observing_the_same_sites_equal_the_general_pass():
+    rng = np.random.default_rng(8)
+    alleles = rng.integers(0, 2, size=(40, 80)).astype(np.int8)
+    typed = rng.random(80) < 0.3
+    query = np.where(typed, rng.integers(0, 2, size=(3, 80)), -1).astype(np.int8)  # one set of observed sites
+    states = np.stack([rng.choice(40, size=12, replace=False) for _ in range(4)])
+    cm = np.linspace(0, 0.4, 80)
+    shared = run(alleles, query, cm, states=states[:3], ne=5000, mismatch=0.01)
+    other = np.where(rng.random(80) < 0.3, 1, -1).astype(np.int8)[None]  # a fourth query observing other sites
+    general = run(alleles, np.concatenate([query, other]), cm, states=states, ne=5000, mismatch=0.01)
+    n = int(typed.sum())
+    np.testing.assert_allclose(shared.gamma[:n].numpy(), general.gamma[:n, :3].numpy(), rtol=1e-6, atol=1e-9)
