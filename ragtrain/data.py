@@ -313,7 +313,7 @@ class BatchBuilder:
             batch.copy_prob = prob
             if self.rag_mode == "none":  # no neighbours to choose or describe
                 return None
-            chosen = torch.sort(at.mass(), dim=1, descending=True, stable=True).indices[:, :k]  # [B, k]
+            chosen = at.most_copied(k)  # [B, k]
             weight = torch.full((b, k, length), WEIGHT_BUCKETS - 1, dtype=torch.int64)
             weight[:, :, :n] = weight_buckets(at.weights(chosen)).cpu()
             ids = result.states.gather(1, chosen).cpu().numpy()

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ragtrain import hmm
-from ragtrain.hmm import WEIGHT_BUCKETS, copying, switch_probabilities, weight_buckets
+from ragtrain.hmm import WEIGHT_BUCKETS, WindowCopying, copying, switch_probabilities, weight_buckets
 
 
 def run(alleles, query, cm, states=None, allowed=None, **kwargs):
@@ -150,3 +150,15 @@ def test_queries_observing_the_same_sites_equal_the_general_pass():
     general = run(alleles, np.concatenate([query, other]), cm, states=states, ne=5000, mismatch=0.01)
     n = int(typed.sum())
     np.testing.assert_allclose(shared.gamma[:n].numpy(), general.gamma[:n, :3].numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_most_copied_is_a_stable_sorts_first_k_ties_by_lower_index():
+    generator = torch.Generator().manual_seed(2)
+    rows = torch.randint(0, 4, (3, 5, 40), generator=generator).float() / 4  # [R, B, N]: many equal masses
+    left = torch.randint(0, 3, (5, 7), generator=generator)
+    window = WindowCopying(rows, left, left, torch.zeros(5, 7))
+    mass = window.mass()
+    assert any(len(set(row.tolist())) < 40 for row in mass)
+    for k in (1, 6, 40):
+        expected = torch.sort(mass, dim=1, descending=True, stable=True).indices[:, :k]
+        assert torch.equal(window.most_copied(k), expected)
