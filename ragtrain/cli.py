@@ -196,7 +196,7 @@ def impute(
     store: Annotated[str, typer.Option(help="The store the model was trained on.")],
     model: Annotated[Path, typer.Option(help="Checkpoint of `ragtrain fit` (best.pt or last.pt), or `copying`: the Li-Stephens copying model alone (no training, no stored memory).")],
     out: Annotated[Path, typer.Option(help="Imputed VCF to write (.vcf.gz, bgzipped, tabix-indexed).")],
-    batch_size: Annotated[int, typer.Option(min=1, help="Target haplotypes a batch (the output does not depend on it).")] = BATCH_SIZE,
+    batch_size: Annotated[int, typer.Option(min=1, help="Target haplotypes a batch, at most (fewer where the copying model would hold over 512 MB); the output does not depend on it.")] = BATCH_SIZE,
     stitch: Annotated[Stitch, typer.Option(help="Overlaps: average the windows covering a site (measured a little better), or core (the window whose centre holds it wins).")] = Stitch.average,
     region: Annotated[str | None, typer.Option(help="CONTIG or CONTIG:START-END of the target to read.")] = None,
     device: Annotated[Device, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = Device.auto,

@@ -28,7 +28,12 @@ from stores.genome import contig_stores
 from stores.lock import output_lock
 
 Stitch = Literal["core", "average"]
-BATCH_SIZE = 128  # target haplotypes a batch: 13 % faster than 64 on 2 CPU cores (fewer steps of the copying model)
+BATCH_SIZE = 256
+"""Target haplotypes a batch, at most (`Imputer.batch_rows`): `make compare`'s 200 in one batch took 10 % less CPU
+than in batches of 128 (each window's store chunk decoded once, fewer steps of the copying model)."""
+COPYING_BYTES = 512 * 2**20
+"""A batch's copying pass keeps its posteriors (observed steps x haplotypes x states, float32) under this: fewer
+haplotypes a batch where the targets type many sites of a segment's span."""
 CPU_CHUNK_BYTES = 16 * 2**20
 """On the CPU, the network's largest activation a chunk of queries: glibc hands blocks over 32 MB back to the
 system when freed, so larger ones page-fault afresh every batch (measured: a batch of 64 at the defaults ran
@@ -91,12 +96,25 @@ class Imputer:
         retrieval = ckpt.retrieval if backend is None else replace(ckpt.retrieval, backend=backend)
         return cls(model.to(device), retrieval, store, device, **kwargs)
 
+    def batch_rows(self, queries: QuerySet) -> int:
+        """Queries a batch: `batch_size`, or fewer where their copying pass's posteriors would pass COPYING_BYTES
+        (the most sites a query observes in a segment's span, times the copying model's states)."""
+        plan, spec = self.store.plan, self.retrieval
+        steps, window = 1, 0
+        while window < plan.n_windows:
+            span = plan.key_span(window, spec.flank, spec.segment)
+            steps = max(steps, int((queries.alleles[:, span] >= 0).sum(axis=1).max(initial=0)))
+            window = plan.segment_windows(window, spec.segment).stop
+        n_hap = self.store.n_haplotypes
+        states = min(2 * spec.states, n_hap) if spec.states > 0 else n_hap
+        return max(1, min(self.batch_size, COPYING_BYTES // (4 * steps * states)))
+
     def network_rows(self) -> int:
         """Queries the network takes at once: the whole batch on a GPU, or when the model runs only over the
-        sites it can change (it groups the rows itself: `ragtrain.model.row_groups`); else, on the CPU, as many
+        sites it can change (it packs them itself: `ragtrain.model.network_passes`); else, on the CPU, as many
         as keep its largest activation under CPU_CHUNK_BYTES: the FFN's, the fused memory's keys and values
         (k x 2 d_model a site), or online the neighbours' FFNs (k x the FFN)."""
-        if self.device.type != "cpu" or self.model.prunes:  # pruned: the model groups its rows itself
+        if self.device.type != "cpu" or self.model.prunes:  # pruned: the model packs its rows itself
             return self.batch_size
         bert, mode, k = self.model.config.bert, self.model.config.rag_mode, self.retrieval.k
         fused = max(bert.ffn_mult, 2 * k)
@@ -116,7 +134,7 @@ class Imputer:
                                clock=self.clock, device=self.device if self.workers == 0 else "cpu")
         total = np.zeros((plan.n_sites, len(queries)), dtype=np.float64)
         count = plan.coverage()[:, None] if self.stitch == "average" else np.ones((plan.n_sites, 1))
-        items = inference_plan(plan, self.retrieval.segment, len(queries), self.batch_size)
+        items = inference_plan(plan, self.retrieval.segment, len(queries), self.batch_rows(queries))
         bar = progress_bar() if show_progress else nullcontext()  # fit's validation runs inside fit's own bar
         clock = self.clock
         shared = cores_shared(self.device) if model is not None else nullcontext()  # no network: all cores build

@@ -18,6 +18,7 @@ import zarr
 from typer.testing import CliRunner
 
 from ragprep.model import build_bert, save_bert
+from ragtrain import impute as impute_module
 from ragtrain.cli import app
 from ragtrain.data import (
     WINDOWS_A_PASS,
@@ -302,14 +303,21 @@ def test_online_memory_and_the_store_come_from_the_same_forward_pass(store_path,
                                rtol=1e-2, atol=2e-3)
 
 
-def test_validation_scores_what_impute_would_write(store_path, tmp_path):
-    """The trainer validates through the same Imputer that `ragtrain impute` loads from the checkpoint."""
+def test_validation_scores_what_impute_would_write(store_path, tmp_path, monkeypatch):
+    """The trainer validates through the same Imputer that `ragtrain impute` loads from the checkpoint, at any
+    batch size: also where the copying model's memory budget makes the batches smaller."""
     trainer = Trainer(options(store_path, tmp_path / "run", max_steps=6, eval_every=6))
     trainer.run()
     loaded = Imputer.load(tmp_path / "run" / "last.pt", trainer.store, torch.device("cpu"), batch_size=16)
     assert loaded.retrieval == trainer.retrieval and loaded.stitch == "average"
-    np.testing.assert_array_equal(loaded.probabilities(trainer.val_queries, show_progress=False),
-                                  trainer.imputer.probabilities(trainer.val_queries, show_progress=False))
+    validation = trainer.imputer.probabilities(trainer.val_queries, show_progress=False)
+    np.testing.assert_array_equal(loaded.probabilities(trainer.val_queries, show_progress=False), validation)
+    assert loaded.batch_rows(trainer.val_queries) == 16
+    steps = int((trainer.val_queries.alleles >= 0).sum(axis=1).max())  # a span holds the whole panel here
+    states = min(2 * loaded.retrieval.states, trainer.store.n_haplotypes)
+    monkeypatch.setattr(impute_module, "COPYING_BYTES", 3 * 4 * steps * states)
+    assert loaded.batch_rows(trainer.val_queries) == 3
+    np.testing.assert_array_equal(loaded.probabilities(trainer.val_queries, show_progress=False), validation)
     hidden = trainer.val_hidden[0]
     assert hidden.any() and (trainer.val_queries.alleles[0][hidden] == -1).all()
     assert (trainer.val_queries.alleles[0][~hidden] == trainer.val_truth[0][~hidden]).all()
