@@ -342,14 +342,14 @@ WINDOWS_A_PASS = 8
 
 
 def epoch_plan(plan: WindowPlan, segment: int, n_queries: int, batch_size: int, seed: int,
-               epoch: int) -> list[tuple[int, np.ndarray]]:
+               epoch: int, flank: int = 0) -> list[tuple[int, np.ndarray]]:
     """(window, query ids) for every batch of an epoch, each (window, query) once: the windows in shuffled groups
     of WINDOWS_A_PASS from one segment; within a group, the queries shuffled into blocks, each block's batches
     over the group's windows in a row (so one copying pass serves them when the queries observe alike)."""
     rng = np.random.default_rng([seed, epoch, 0xE90C])
     groups, window = [], 0
     while window < plan.n_windows:
-        windows = plan.segment_windows(window, segment)
+        windows = plan.segment_windows(window, segment, flank)
         shuffled = rng.permutation(np.asarray(windows))
         groups += [shuffled[i:i + WINDOWS_A_PASS] for i in range(0, len(shuffled), WINDOWS_A_PASS)]
         window = windows.stop
@@ -361,12 +361,13 @@ def epoch_plan(plan: WindowPlan, segment: int, n_queries: int, batch_size: int, 
     return items
 
 
-def inference_plan(plan: WindowPlan, segment: int, n_queries: int, batch_size: int) -> list[tuple[int, np.ndarray]]:
+def inference_plan(plan: WindowPlan, segment: int, n_queries: int, batch_size: int,
+                   flank: int = 0) -> list[tuple[int, np.ndarray]]:
     """Every window for every query (impute and validation): segment by segment, a block of queries at a time,
     its windows in order, so the copying model runs once per segment and block."""
     order, items, window = np.arange(n_queries), [], 0
     while window < plan.n_windows:
-        windows = plan.segment_windows(window, segment)
+        windows = plan.segment_windows(window, segment, flank)
         for i in range(0, n_queries, batch_size):
             items.extend((w, order[i:i + batch_size]) for w in windows)
         window = windows.stop

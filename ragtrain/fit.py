@@ -347,7 +347,7 @@ class Trainer:
     def epoch_items(self, epoch: int) -> list[tuple[int, np.ndarray]]:
         """(window, query ids) of every global batch of `epoch`."""
         return epoch_plan(self.store.plan, self.retrieval.segment, len(self.train_queries), self.global_batch,
-                          self.options.seed, epoch)
+                          self.options.seed, epoch, self.retrieval.flank)
 
     def train_items(self):
         """(epoch, window, query ids, scored) of this rank from the current position on, epoch after epoch: each

@@ -104,7 +104,7 @@ class Imputer:
         while window < plan.n_windows:
             span = plan.key_span(window, spec.flank, spec.segment)
             steps = max(steps, int((queries.alleles[:, span] >= 0).sum(axis=1).max(initial=0)))
-            window = plan.segment_windows(window, spec.segment).stop
+            window = plan.segment_windows(window, spec.segment, spec.flank).stop
         n_hap = self.store.n_haplotypes
         states = min(2 * spec.states, n_hap) if spec.states > 0 else n_hap
         return max(1, min(self.batch_size, COPYING_BYTES // (4 * steps * states)))
@@ -134,7 +134,8 @@ class Imputer:
                                clock=self.clock, device=self.device if self.workers == 0 else "cpu")
         total = np.zeros((plan.n_sites, len(queries)), dtype=np.float64)
         count = plan.coverage()[:, None] if self.stitch == "average" else np.ones((plan.n_sites, 1))
-        items = inference_plan(plan, self.retrieval.segment, len(queries), self.batch_rows(queries))
+        items = inference_plan(plan, self.retrieval.segment, len(queries), self.batch_rows(queries),
+                               self.retrieval.flank)
         bar = progress_bar() if show_progress else nullcontext()  # fit's validation runs inside fit's own bar
         clock = self.clock
         shared = cores_shared(self.device) if model is not None else nullcontext()  # no network: all cores build

@@ -68,18 +68,24 @@ class WindowPlan:
         """The panel sites whose core window is `window`."""
         return slice(int(self.core_starts[window]), int(self.core_ends[window]))
 
-    def segment_windows(self, window: int, size: int) -> range:
+    def segment_windows(self, window: int, size: int, flank: int = 0) -> range:
         """The windows of the segment holding `window`: segments group `max(1, size // stride)` consecutive
-        windows, about `size` sites of cores. The copying model runs once per segment and query."""
-        per = max(1, size // self.stride)
+        windows, about `size` sites of cores; the last one joins the one before it when the two, with `flank`
+        sites before them, fit in `size + 2 flank` sites (a span no longer than any other segment's; a region a
+        little over one segment is one). The copying model runs once per segment and query."""
+        per, n = max(1, size // self.stride), self.n_windows
         first = window // per * per
-        return range(first, min(first + per, self.n_windows))
+        last = (n - 1) // per * per  # the last segment's first window
+        if size > 0 and last > 0 and first >= last - per and (
+                self.n_sites - max(0, int(self.starts[last - per]) - flank) <= size + 2 * flank):
+            return range(last - per, n)
+        return range(first, min(first + per, n))
 
     def key_span(self, window: int, flank: int, segment: int = 0) -> slice:
         """The sites of `window`'s segment (`segment_windows`; 0: the window alone) plus `flank` sites each side,
         clipped to the panel: the span that the copying model, retrieval and the masks of every window of the
         segment run over."""
-        windows = self.segment_windows(window, segment)
+        windows = self.segment_windows(window, segment, flank)
         start, stop = self.sites(windows[0]).start, self.sites(windows[-1]).stop
         return slice(max(0, start - flank), min(self.n_sites, stop + flank))
 

@@ -109,3 +109,18 @@ def test_a_store_whose_window_arrays_disagree_with_its_plan_is_refused(store_pat
     zarr.open_group(str(broken), mode="r+")["window_start"][1] += 1
     with pytest.raises(UserError, match="window_start disagrees with the window plan"):
         open_store(str(broken))
+
+
+def test_segments_group_windows_and_a_short_last_segment_joins_the_one_before():
+    plan = WindowPlan(length=256, stride=224, n_sites=24_968)  # 112 windows, 73 a segment of 16,384 sites
+    assert plan.segment_windows(0, 16_384) == range(73) and plan.segment_windows(80, 16_384) == range(73, 112)
+    # with an 8,192-site flank the two fit in one span no longer than any other: one segment
+    assert all(plan.segment_windows(w, 16_384, 8_192) == range(112) for w in (0, 72, 73, 111))
+    assert plan.key_span(100, 8_192, 16_384) == slice(0, 24_968)
+    long = WindowPlan(length=256, stride=224, n_sites=200_000)
+    segments = {long.segment_windows(w, 16_384, 8_192) for w in range(long.n_windows)}
+    assert sorted(r.start for r in segments) == list(range(0, long.n_windows, 73))[:len(segments)]
+    assert max(len(r) for r in segments) < 2 * 73 and sum(len(r) for r in segments) == long.n_windows
+    spans = [long.key_span(r.start, 8_192, 16_384) for r in segments]
+    assert max(s.stop - s.start for s in spans) <= 16_384 + 2 * 8_192
+    assert plan.segment_windows(110, 0, 8_192) == range(110, 111)  # segment 0: each window alone
