@@ -201,7 +201,7 @@ def impute(
     region: Annotated[str | None, typer.Option(help="CONTIG or CONTIG:START-END of the target to read.")] = None,
     device: Annotated[Device, typer.Option(help="auto (CUDA if present), cpu or cuda.")] = Device.auto,
     retrieval: Annotated[Retrieval | None, typer.Option(help="Exact top-k backend: FAISS or torch (default: as the model was trained; same neighbours).")] = None,
-    workers: Annotated[int, typer.Option(min=0, help="Processes building batches (0: one thread beside the network; the output does not depend on it).")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="Processes building batches (0: on the CPU the network's own thread, on a GPU one thread beside it; the output does not depend on it).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the phasing of unphased calls (ties between equally near panel haplotypes).")] = 1,
     multiallelic_out: Annotated[MultiallelicOut, typer.Option(help="split: a multiallelic panel record as one biallelic record an ALT (as read, `bcftools norm -m -`); joined: written back as one record (GT, DS, GP, HDS over all its alleles).")] = MultiallelicOut.split,
 ) -> None:
@@ -215,7 +215,7 @@ def impute(
                             workers=workers, seed=seed, join_multiallelic=multiallelic_out == MultiallelicOut.joined)
     console.print(f"wrote {report.path}: {report.samples} samples x {report.sites} sites "
                   f"({report.typed_sites} typed) in {report.seconds:.1f} s, {report.genotypes_per_s:,.0f} genotypes/s")
-    console.print(f"[dim]stages (batches are built while the network runs): {report.stage_line()}[/dim]")
+    console.print(f"[dim]stages: {report.stage_line()}[/dim]")
 
 def print_metrics(metrics: dict) -> None:
     from rich.table import Table

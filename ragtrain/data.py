@@ -374,44 +374,44 @@ def inference_plan(plan: WindowPlan, segment: int, n_queries: int, batch_size: i
     return items
 
 
-_cores_shared = False  # torch's thread count is one a process: so is this
-
-
 @contextmanager
 def cores_shared(device: torch.device) -> Iterator[None]:
-    """On the CPU: the network's torch ops take half of torch's threads, the batch builder beside it (a thread,
-    whose ops take the same half, or worker processes) the rest, so that the two run side by side instead of
-    over-subscribing one pool (torch's pool is one a process). The same count either way, so the same sums
-    and the same output with or without workers. Measured on 2 cores, `make compare`'s impute: 11.3 -> 9.3 s.
-    A nested use keeps the outer one's count."""
-    global _cores_shared
-    if device.type != "cpu" or _cores_shared:
+    """Fit on the CPU: the training step's torch ops take half of torch's threads, the batch builder beside it
+    (a thread, whose ops take the same half, or worker processes) the rest, so that the two run side by side
+    instead of over-subscribing one pool (torch's pool is one a process). The same count either way, so the same
+    sums and the same output with or without workers. Impute on the CPU builds each batch in the network's own
+    thread instead (`Prefetcher` background False): each has every core in turn."""
+    if device.type != "cpu":
         yield
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // 2))
-    _cores_shared = True
     try:
         yield
     finally:
-        _cores_shared = False
         torch.set_num_threads(threads)
 
 
 class Prefetcher:
     """Builds batches ahead of the consumer, in order, and records how long the consumer waited.
 
-    workers 0: one background thread, `depth` batches ahead. workers N: N processes of a torch DataLoader (forked,
-    so they share the panel), worker w building items w, w + N, ...; the loader takes them round-robin, so the
-    batches arrive in the same order, and are the same batches, as from the thread. The stage seconds each batch
-    took are added to the builder's clock here.
+    background False: none ahead, each built in the consumer's thread when it asks (impute on the CPU: the
+    builder and the network then take every core in turn, where side by side on 2 cores they slowed each other
+    down, `make compare-real`'s batches and network 11.9 -> 8.4 s, the same output). workers 0: one background
+    thread, `depth` batches ahead. workers N: N processes of a torch DataLoader (forked, so they share the panel),
+    worker w building items w, w + N, ...; the loader takes them round-robin, so the batches arrive in the same
+    order, and are the same batches, as from the thread. The stage seconds each batch took are added to the
+    builder's clock here.
     """
 
     def __init__(self, builder: BatchBuilder, items: Iterable[tuple], depth: int = 4,
-                 pin: bool = False, workers: int = 0) -> None:
-        self.builder, self.items, self.pin, self.workers = builder, items, pin, workers
+                 pin: bool = False, workers: int = 0, background: bool = True) -> None:
+        self.builder, self.items, self.pin, self.workers = builder, iter(items), pin, workers
         self.wait_seconds = 0.0
         self._loader: Iterator | None = None
+        self.background = background or workers > 0
+        if not self.background:
+            return
         if workers:
             loader = torch.utils.data.DataLoader(_BatchStream(builder, items), batch_size=None, num_workers=workers,
                                                  pin_memory=pin, prefetch_factor=depth, worker_init_fn=_one_thread)
@@ -438,7 +438,8 @@ class Prefetcher:
         while True:
             t0 = time.perf_counter()
             item = self._next()
-            self.wait_seconds += time.perf_counter() - t0
+            if self.background:  # else the consumer built it: no wait
+                self.wait_seconds += time.perf_counter() - t0
             if item is None:
                 return
             if isinstance(item, BaseException):
@@ -446,6 +447,9 @@ class Prefetcher:
             yield item
 
     def _next(self) -> Batch | BaseException | None:
+        if not self.background:
+            item = next(self.items, None)
+            return None if item is None else self.builder.build(*item)
         if not self.workers:
             return self.queue.get()
         if self._loader is None:  # closed
@@ -459,6 +463,8 @@ class Prefetcher:
         return batch
 
     def close(self) -> None:
+        if not self.background:
+            return
         if self.workers:
             self._loader = None  # the DataLoader iterator shuts its workers down when dropped
             return

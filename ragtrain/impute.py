@@ -16,7 +16,7 @@ from ragprep.encode import resolve_device
 from ragprep.progress import StageClock, console, progress_bar
 from ragprep.vcf import parse_region, record_contigs
 from ragtrain.checkpoint import load_checkpoint
-from ragtrain.data import BatchBuilder, Prefetcher, QuerySet, cores_shared, external_queries, inference_plan
+from ragtrain.data import BatchBuilder, Prefetcher, QuerySet, external_queries, inference_plan
 from ragtrain.model import RagImputer, batch_logits
 from ragtrain.phasing import phase_targets
 from ragtrain.retrieval import RetrievalSpec
@@ -42,8 +42,9 @@ system when freed, so larger ones page-fault afresh every batch (measured: a bat
 
 STAGES = ("read targets", "phasing", "state selection", "copying model", "store reads", "batch assembly", "network",
           "stitching", "waiting for batches", "write VCF")
-"""The stages of `impute`, in order. Batches are built in a background thread while the network runs, so the
-stages before "network" overlap it; "waiting for batches" is the time the network sat idle."""
+"""The stages of `impute`, in order. On the CPU each batch is built, then run through the network, in one thread;
+on a GPU batches are built in a background thread while the network runs, so the stages before "network"
+overlap it, and "waiting for batches" is the time the network sat idle (or, `--workers`, in worker processes)."""
 
 
 @dataclass
@@ -138,11 +139,10 @@ class Imputer:
                                self.retrieval.flank)
         bar = progress_bar() if show_progress else nullcontext()  # fit's validation runs inside fit's own bar
         clock = self.clock
-        shared = cores_shared(self.device) if model is not None else nullcontext()  # no network: all cores build
-        with bar, shared:
+        with bar:  # every core to whichever runs: the network, or the builder while it waits (`cores_shared`)
             task = bar.add_task("impute", total=len(items)) if show_progress else None
             batches = Prefetcher(builder, ((0, w, ids) for w, ids in items), pin=self.device.type == "cuda",
-                                 workers=self.workers)
+                                 workers=self.workers, background=self.device.type != "cpu")
             for batch in batches:
                 with clock.stage("network"):
                     if model is None:

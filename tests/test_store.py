@@ -62,15 +62,20 @@ def test_read_neighbours_equals_window_slices(stores, name):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
-def test_memmap_path_equals_zarr_path(stores, dtype):
+def test_chunk_file_paths_equal_zarr_path(stores, dtype):
+    """Chunk files read directly (memory-mapped raw, zstd-decoded) give what zarr gives, rows and scales too."""
     mapped = open_store(stores[f"{dtype}-none"])
     through_zarr = EmbeddingStore(stores[f"{dtype}-none"], use_mmap=False)
     compressed = open_store(stores[dtype])
+    compressed_zarr = EmbeddingStore(stores[dtype], use_mmap=False)
     assert mapped.mmap and not through_zarr.mmap and not compressed.mmap
+    assert compressed.local_chunks and not compressed_zarr.local_chunks
     for window in range(mapped.n_windows):
         block = mapped.read_neighbours(window, IDS)
         assert_blocks_equal(block, through_zarr.read_neighbours(window, IDS))
         assert_blocks_equal(block, compressed.read_neighbours(window, IDS))  # same encoder, same values
+        assert_blocks_equal(compressed.read_window(window), compressed_zarr.read_window(window))
+        np.testing.assert_array_equal(compressed.window_rows(window), compressed_zarr.window_rows(window))
 
 
 def test_sharded_store_reads_like_unsharded(stores):

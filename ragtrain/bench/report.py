@@ -114,8 +114,9 @@ def markdown(results: BenchResults) -> str:
                         [[r["tool"], f"{r['samples']:,} x {r['sites']:,}", number(r["seconds"]),
                           number(r["genotypes_per_s"], ",.0f"), *(number(r["stages"].get(name)) for name in STAGES)]
                          for r in results.impute])
-        lines += ["", ("Stage seconds (ragsnv): batches are built in a background thread while the network runs, so "
-                       "the stages before `network` overlap it; `waiting for batches` is the time the network sat "
+        lines += ["", ("Stage seconds (ragsnv): on the CPU each batch is built, then run through the network, in one "
+                       "thread; on a GPU batches are built in a background thread while the network runs, so the "
+                       "stages before `network` overlap it and `waiting for batches` is the time the network sat "
                        "idle."), ""]
     if results.scale:
         lines += ["### How cost grows with the panel (a 32-dim, 1-layer model, default retrieval)", ""]
