@@ -122,7 +122,7 @@ class Imputer:
         widths = {"none": bert.ffn_mult, "precomputed": fused, "neighbours": fused, "online": k * bert.ffn_mult}
         return max(1, CPU_CHUNK_BYTES // (4 * bert.window * bert.d_model * widths[mode]))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def probabilities(self, queries: QuerySet, show_progress: bool = True) -> np.ndarray:
         """P(ALT) float32 [sites, queries]; queries carry -1 at the sites to impute. Overlaps: the window whose
         core holds a site wins ("core"), or every window covering it is averaged ("average")."""
