@@ -247,8 +247,8 @@ def local_nearest(ref_alleles: np.ndarray, queries: np.ndarray, k: int, block: i
     haplotypes by Hamming distance over its observed sites in the block and `flank` observed sites each side
     (ref_alleles [H, S], queries [Q, S] with -1 where hidden). Exact, ties by lower id, `exclude` [Q, m] never
     returned, as `WindowIndex.search`. One small product a block (its observed columns, a few dozen on an
-    array), at most `max_scores` scores at once: a block's scores stay in cache, where prefix sums over all
-    blocks at once moved ~10x the bytes (1.7 -> 0.3 s on `make compare`'s split)."""
+    array), at most `max_scores` scores at once: a block's scores stay in cache, where prefix sums of every
+    block at once were memory-bound (1.77 -> 0.16 s on `make compare`'s split, the same states)."""
     n_hap, n_sites = ref_alleles.shape
     seen = np.flatnonzero((np.asarray(queries) >= 0).any(axis=0))
     if seen.size == 0 or k < 1:
