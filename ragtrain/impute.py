@@ -139,7 +139,7 @@ class Imputer:
                                self.retrieval.flank)
         bar = progress_bar() if show_progress else nullcontext()  # fit's validation runs inside fit's own bar
         clock = self.clock
-        with bar:  # every core to whichever runs: the network, or the builder while it waits (`cores_shared`)
+        with bar:  # on the CPU the builder and the network take every core in turn (fit shares them: `cores_shared`)
             task = bar.add_task("impute", total=len(items)) if show_progress else None
             batches = Prefetcher(builder, ((0, w, ids) for w, ids in items), pin=self.device.type == "cuda",
                                  workers=self.workers, background=self.device.type != "cpu")
