@@ -230,18 +230,18 @@ class RagImputer(nn.Module):
         query = rows[row]
         outputs = torch.nonzero(unsure[query, site]).squeeze(1)
 
-        flat_rows: list[torch.Tensor] = []  # [T * k]: (query, neighbour, site) rows of [B * k * L, ...]
+        wide = next((t for t in inputs if t is not None and t.dim() > 2), None)  # any [B, k, L, ...] input
+        if wide is not None:  # the kept sites' (query, neighbour, site) rows of a flattened [B * k * L, ...]
+            b, k, length = wide.shape[:3]
+            neighbour = torch.arange(k, device=wide.device)
+            flat_rows = ((query[:, None] * k + neighbour) * length + site[:, None]).flatten()
 
         def take(t: torch.Tensor | None) -> torch.Tensor | None:
             """t [B, L] or [B, k, L, ...] at the kept sites: [T] or [T, k, ...] (one row gather: several times
             faster than indexing two dims around a slice)."""
             if t is None or t.dim() == 2:
                 return None if t is None else t[query, site]
-            b, k, length = t.shape[:3]
-            if not flat_rows:
-                neighbour = torch.arange(k, device=t.device)
-                flat_rows.append((((query[:, None] * k + neighbour) * length) + site[:, None]).flatten())
-            return t.reshape(b * k * length, *t.shape[3:]).index_select(0, flat_rows[0]).view(-1, k, *t.shape[3:])
+            return t.reshape(b * k * length, *t.shape[3:]).index_select(0, flat_rows).view(-1, k, *t.shape[3:])
 
         starts = torch.cumsum(counts, dim=0) - counts
         n_tokens = int(site.shape[0])
