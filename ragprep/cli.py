@@ -79,13 +79,14 @@ def simulate(
 def encode(
     vcf: Annotated[Path, typer.Argument(help="Phased reference panel VCF/BCF: one contig, several (one store each in the --out folder), or --region.")],
     out: Annotated[str, typer.Option(help="Store path or fsspec URL (a Zarr v3 group); a folder for a multi-contig panel.")],
-    preset: Annotated[Preset, typer.Option(help="Model size: demo (64/2/4, L 256) or research (192/10/6, L 1030).")] = Preset.demo,
+    preset: Annotated[Preset, typer.Option(help="Model size: demo (64/2/4, FFN 2x, L 256) or research (192/10/6, FFN 4x, L 1030).")] = Preset.demo,
     window: Annotated[int | None, typer.Option(help="Sites a window (L); overrides the preset.")] = None,
     stride: Annotated[int | None, typer.Option(help="Sites between window starts (default L - L/8).")] = None,
     d_model: Annotated[int | None, typer.Option(help="Model dim; overrides the preset.")] = None,
     layers: Annotated[int | None, typer.Option(help="Transformer layers; overrides the preset.")] = None,
     heads: Annotated[int | None, typer.Option(help="Attention heads; overrides the preset.")] = None,
     d_memory: Annotated[int | None, typer.Option(help="Stored memory dim (<= model dim).")] = None,
+    ffn_mult: Annotated[int | None, typer.Option(min=1, help="Feed-forward width over the model dim; overrides the preset.")] = None,
     dtype: Annotated[MemoryDtype, typer.Option(help="Stored dtype: int8 with per-vector scales (default: as accurate, 4.7x smaller), or float16.")] = MemoryDtype.int8,
     encoder: Annotated[Path | None, typer.Option(help="Trained checkpoint to encode with (refresh); default: weights from --seed.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the default encoder weights.")] = 1,
@@ -114,7 +115,8 @@ def encode(
     from stores.genome import write_manifest
 
     with clean_errors():
-        given = {"window": window, "d_model": d_model, "n_layers": layers, "n_heads": heads, "d_memory": d_memory}
+        given = {"window": window, "d_model": d_model, "n_layers": layers, "n_heads": heads, "d_memory": d_memory,
+                 "ffn_mult": ffn_mult}
         overrides = {k: v for k, v in given.items() if v is not None}
         config = PRESETS[preset.value]
         if "d_model" in overrides and "d_memory" not in overrides:

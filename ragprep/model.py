@@ -36,7 +36,7 @@ class BertConfig:
     n_heads: int = 4
     window: int = 256  # sites a window: size of the position table
     d_memory: int = 32  # dim of the stored memory, <= d_model
-    ffn_mult: int = 4
+    ffn_mult: int = 2  # 2, not 4, at 64 dims: a cheaper network, the same r² (docs/accuracy.md, session 12)
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
@@ -57,7 +57,7 @@ class BertConfig:
 
 PRESETS: dict[str, BertConfig] = {
     "demo": BertConfig(),
-    "research": BertConfig(d_model=192, n_layers=10, n_heads=6, window=1030, d_memory=192),
+    "research": BertConfig(d_model=192, n_layers=10, n_heads=6, window=1030, d_memory=192, ffn_mult=4),
 }
 
 
@@ -84,9 +84,12 @@ class SiteEmbedding(nn.Module):
 class Packed:
     """The layout of T tokens from several rows stored one after another ([T, ...], no padding): per-token
     layers see them as they are; self-attention pads each row again, rows of one width together: `rows` holds
-    one int64 [R, W] tensor per width, the token indices of each row, T where the row is shorter than W."""
+    one int64 [R, W] tensor per width, the token indices of each row, T where the row is shorter than W.
+    `queries`, one int64 [R, W] tensor per width: where the last block attends from some tokens alone (its
+    `outputs`, O of them), each row's among them (indices into the O, O where the row has fewer than W)."""
 
     rows: tuple[torch.Tensor, ...]
+    queries: tuple[torch.Tensor, ...] = ()
 
 
 def attention_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
@@ -106,33 +109,46 @@ class Attention(nn.Module):
         self.kv = nn.Linear(d_kv or d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packed | None,
-                memory: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, L, D] with an SDPA mask (or None), or packed tokens x [T, D] with their `Packed` rows."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | Packed | None, memory: torch.Tensor | None = None,
+                queries: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, D] with an SDPA mask (or None), or packed tokens x [T, D] with their `Packed` rows, then
+        attending from every token, or from the `queries` [O] among them alone (output [O, D])."""
         if isinstance(mask, Packed):
-            return self.out(self._packed(x, mask))
+            return self.out(self._packed(x, mask, queries))
         source = x if memory is None else memory
         q = self._heads(self.q(x))
         k, v = (self._heads(t) for t in self.kv(source).chunk(2, dim=-1))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).flatten(2))
 
-    def _packed(self, x: torch.Tensor, packed: Packed) -> torch.Tensor:
-        """Self-attention within each row of packed tokens: queries, keys and values per token, then each width's
-        rows padded (always masked: a row's sums do not depend on its neighbours in the group) and put back."""
-        n_tokens = x.shape[0]
-        qkv = torch.cat([self.q(x), self.kv(x)], dim=-1)
-        qkv = torch.cat([qkv, qkv.new_zeros((1, qkv.shape[1]))])  # row T: what padding reads
-        y = x.new_zeros((n_tokens + 1, x.shape[1]))
-        for index in packed.rows:
-            q, k, v = (self._heads(t) for t in qkv[index].chunk(3, dim=-1))
+    def _packed(self, x: torch.Tensor, packed: Packed, queries: torch.Tensor | None) -> torch.Tensor:
+        """Self-attention within each row of packed tokens: keys and values of every token, queries of every
+        token or of `queries` alone (`Packed.queries` place them), then each width's rows padded (keys always
+        masked: a row's sums do not depend on its neighbours in the group) and the rows' outputs put back."""
+        n_tokens, d_model = x.shape
+        if queries is None:  # one product for queries, keys and values
+            weight, bias = torch.cat([self.q.weight, self.kv.weight]), torch.cat([self.q.bias, self.kv.bias])
+            q_kv = padded(F.linear(x, weight, bias))
+            q, kv, places = q_kv[:, :d_model], q_kv[:, d_model:], packed.rows
+        else:
+            q, kv, places = padded(self.q(x[queries])), padded(self.kv(x)), packed.queries
+        n_queries = q.shape[0] - 1
+        y = x.new_zeros((n_queries + 1, d_model))
+        dropout = self.dropout if self.training else 0.0
+        for index, place in zip(packed.rows, places):
+            k, v = (self._heads(t) for t in kv[index].chunk(2, dim=-1))
             mask = (index < n_tokens)[:, None, None, :]
-            rows = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-            y = y.index_put((index,), rows.transpose(1, 2).flatten(2))  # padding writes row T, dropped below
-        return y[:n_tokens]
+            rows = F.scaled_dot_product_attention(self._heads(q[place]), k, v, attn_mask=mask, dropout_p=dropout)
+            y = y.index_put((place,), rows.transpose(1, 2).flatten(2))  # padding writes the last row, dropped below
+        return y[:n_queries]
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)
+
+
+def padded(t: torch.Tensor) -> torch.Tensor:
+    """t [T, C] with a row of zeros after it (row T: what padded places read)."""
+    return torch.cat([t, t.new_zeros((1, t.shape[1]))])
 
 
 class FeedForward(nn.Sequential):
@@ -153,10 +169,12 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | Packed | None,
                 outputs: torch.Tensor | None = None) -> torch.Tensor:
-        """`outputs` (packed tokens): the tokens whose states are returned; the feed-forward runs on those alone."""
-        x = x + self.attn(self.ln_attn(x), mask)
-        if outputs is not None:
-            x = x[outputs]
+        """`outputs` (packed tokens, `Packed.queries` set): the tokens whose states are returned; attention
+        attends from those alone, and the feed-forward runs on them alone."""
+        if outputs is None:
+            x = x + self.attn(self.ln_attn(x), mask)
+        else:
+            x = x[outputs] + self.attn(self.ln_attn(x), mask, queries=outputs)
         return x + self.ffn(self.ln_ffn(x))
 
 
@@ -189,8 +207,9 @@ class Bert(nn.Module):
         """The project's one pass over the blocks; `site_features` [B, L, D] (or [T, D]) are added to the
         embeddings, `after_block` may change the hidden states between blocks; `positions` place the tokens in
         their window when they are some of its sites (default: all of them, in order); `packed`: the rows of
-        packed tokens (then `valid` is not read), `outputs` the indices of those whose states are wanted: the
-        last block attends from every token but runs on (and returns) those alone."""
+        packed tokens (then `valid` is not read), `outputs` the indices of those whose states are wanted
+        (`Packed.queries` places them): the last block attends from those alone, to every token, and runs on
+        (and returns) those alone."""
         x = self.embed(tokens, af, positions)
         if site_features is not None:
             x = x + site_features

@@ -79,7 +79,7 @@ def fit(
     match_features: Annotated[bool, typer.Option(help="Tell the model how far each neighbour matches the query around each site.")] = _RETRIEVAL.match_features,
     retrieval: Annotated[Retrieval, typer.Option(help="Exact top-k backend: FAISS, or torch (same neighbours).")] = _BACKEND,
     fusion: Annotated[Fusion, typer.Option(help="aligned: each site attends to neighbours at that site; full: all sites.")] = _FUSION,
-    fusion_layers: Annotated[str | None, typer.Option(help="Comma-separated layers (0-based) followed by fusion (default: all).")] = None,
+    fusion_layers: Annotated[str, typer.Option(help="Layers followed by fusion: comma-separated (0-based, -1 the last), or all.")] = "-1",
     neighbour_alleles: Annotated[bool, typer.Option(help="Embed the neighbours' alleles beside their stored states.")] = _FIT.neighbour_alleles,
     adapter: Annotated[bool, typer.Option(help="Light trainable adapter over the memory (LUMEN-style).")] = _FIT.adapter,
     confident: Annotated[float, typer.Option(min=0.0, max=0.5, help="Hidden sites whose copying-model P(ALT) is within this of 0 or 1 keep it; the network runs over the others and the observed sites (0: over every site).")] = _FIT.confident,
@@ -148,13 +148,14 @@ def _plain(value: object) -> object:
     return str(value) if isinstance(value, Path) else value
 
 
-def _layers(text: str | None) -> tuple[int, ...]:
-    if not text:
+def _layers(text: str) -> tuple[int, ...]:
+    """--fusion-layers as FitOptions.fusion_layers: "all" is every layer (the empty tuple)."""
+    if text.strip() == "all":
         return ()
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise UserError("--fusion-layers", f"cannot read {text!r}", "give layer numbers separated by commas, e.g. 0,2") from None
+        raise UserError("--fusion-layers", f"cannot read {text!r}", "give layer numbers separated by commas, e.g. 0,2, or all") from None
 
 
 @app.command(epilog="Example: ragtrain pretrain --store store.zarr --out runs/encoder --max-steps 300\n\n"

@@ -55,7 +55,7 @@ class FitOptions:
     # architecture (with the store's BERT: ModelConfig)
     rag_mode: str = "precomputed"
     fusion: str = "aligned"
-    fusion_layers: tuple[int, ...] = ()
+    fusion_layers: tuple[int, ...] = (-1,)  # after these layers (-1 the last: the network's cost, docs/benchmarks.md); () every layer
     neighbour_alleles: bool = True
     adapter: bool = False
     confident: float = ModelConfig.confident
@@ -96,7 +96,8 @@ class FitOptions:
 
     def model_config(self, bert: BertConfig) -> ModelConfig:
         return ModelConfig(bert=bert, rag_mode=self.rag_mode, fusion=self.fusion,  # type: ignore[arg-type]
-                           fusion_layers=tuple(self.fusion_layers), neighbour_alleles=self.neighbour_alleles,
+                           fusion_layers=tuple(i + bert.n_layers if -bert.n_layers <= i < 0 else i
+                                               for i in self.fusion_layers), neighbour_alleles=self.neighbour_alleles,
                            adapter=self.adapter, confident=self.confident)
 
     def to_dict(self) -> dict:

@@ -152,21 +152,49 @@ def switch_probabilities(cm: np.ndarray | torch.Tensor, ne: float, n_haplotypes)
     return -torch.expm1(-4.0 * ne * morgans / n_haplotypes)
 
 
-def _carried(alleles: torch.Tensor, obs: torch.Tensor, states: torch.Tensor) -> Callable[[int], torch.Tensor]:
-    """carried(m) -> int8 [B, N]: the allele query b's state n carries at its observed step m (alleles [H, S],
-    obs [B, M] site indices, states [B, N]). When every query observes the same sites (impute, validation,
-    `--targets`) each step's is gathered as it is needed, from the observed sites' alleles [M, H]; else all
-    steps' at once [M, B, N], one gather for each set of queries that observe the same sites."""
+EMISSION_BLOCK = 256
+"""When every query observes the same sites, emissions come from a table of each step's two rows over the H
+haplotypes (query allele REF or ALT), built this many steps at a time."""
+
+
+def _emissions(alleles: torch.Tensor, obs: torch.Tensor, states: torch.Tensor, query: torch.Tensor,
+               mismatch: float) -> Callable[[int], torch.Tensor]:
+    """emission(m) -> float32 [B, N], a new tensor: 1 - mismatch where query b's state n carries the query's
+    allele at its observed step m, mismatch where not (alleles [H, S], obs [B, M] site indices, states [B, N],
+    query [B, M] the alleles observed there). (Match bytes to float32, then scaled: ~20x faster than
+    torch.where on the CPU.)
+
+    When every query observes the same sites (impute, validation, `--targets`) each step's two rows over the H
+    haplotypes, one for each query allele, are built EMISSION_BLOCK steps at a time, and each query's states
+    read from its allele's row: one gather a step. Else each step's carried alleles [B, N] are compared, all
+    steps' gathered at once [M, B, N], one gather for each set of queries that observe the same sites."""
+    def scaled(match: torch.Tensor) -> torch.Tensor:
+        return match.view(torch.uint8).to(torch.float32).mul_(1 - 2 * mismatch).add_(mismatch)
+
     steps, group = torch.unique(obs, dim=0, return_inverse=True)
     if steps.shape[0] == 1:
-        by_step, flat = alleles[:, steps[0]].T.contiguous(), states.flatten()
-        return lambda m: by_step[m].index_select(0, flat).view(states.shape)
+        n_hap = alleles.shape[0]
+        # [B, M]: where each query's allele's row starts in a step's table (-1, a query with no observed site:
+        # every step padding, its emission replaced)
+        row = query.clamp(min=0).to(torch.int64) * n_hap
+        both = torch.arange(2, dtype=alleles.dtype, device=alleles.device)[:, None]
+        table: dict[int, torch.Tensor] = {}
+
+        def from_table(m: int) -> torch.Tensor:
+            block = m // EMISSION_BLOCK
+            if block not in table:
+                table.clear()
+                carried = alleles[:, steps[0, block * EMISSION_BLOCK:(block + 1) * EMISSION_BLOCK]].T  # [steps, H]
+                table[block] = scaled(carried[:, None, :] == both).flatten(1)  # [steps, 2 H]
+            flat = torch.add(states, row[:, m, None])
+            return table[block][m % EMISSION_BLOCK].index_select(0, flat.flatten()).view(states.shape)
+        return from_table
     by_site = alleles.T  # [S, H]
-    out = torch.empty((obs.shape[1], *states.shape), dtype=alleles.dtype, device=alleles.device)
+    carried = torch.empty((obs.shape[1], *states.shape), dtype=alleles.dtype, device=alleles.device)
     for g in range(steps.shape[0]):
         members = torch.nonzero(group == g).flatten()
-        out[:, members] = by_site[steps[g]][:, states[members]]  # [M, H] -> [M, members, N]
-    return lambda m: out[m]
+        carried[:, members] = by_site[steps[g]][:, states[members]]  # [M, H] -> [M, members, N]
+    return lambda m: scaled(carried[m] == query[:, m, None])
 
 
 @torch.no_grad()
@@ -197,7 +225,7 @@ def copying(alleles: torch.Tensor, observed: torch.Tensor, cm: torch.Tensor, sta
     jump = allowed_f / n_allowed  # [B, N]
 
     query = observed.gather(1, obs)  # [B, M]
-    carried = _carried(alleles, obs, states)
+    matched = _emissions(alleles, obs, states, query, mismatch)
     obs_cm = cm[obs]  # [B, M]
     r = switch_probabilities(obs_cm, ne, n_allowed).to(torch.float32)  # [B, M-1]
     r = torch.where(real[:, 1:], r, 0.0)[..., None]  # padded steps do not switch
@@ -210,10 +238,8 @@ def copying(alleles: torch.Tensor, observed: torch.Tensor, cm: torch.Tensor, sta
 
     def emission(m: int) -> torch.Tensor:
         """[B, N] at step m (a new tensor): 1 - mismatch where the state's allele matches, mismatch where not, 0
-        for disallowed states, 1 (allowed) at padding. (bool as bytes to float32: ~20x faster than
-        torch.where on the CPU.)"""
-        match = (carried(m) == query[:, m, None]).view(torch.uint8)
-        e = match.to(torch.float32).mul_(1 - 2 * mismatch).add_(mismatch)
+        for disallowed states, 1 (allowed) at padding."""
+        e = matched(m)
         if not every:
             e.mul_(allowed_f)
         return torch.where(pad[m], allowed_f, e) if padded[m] else e

@@ -16,12 +16,16 @@ from __future__ import annotations
 import gzip
 import itertools
 import shutil
+import struct
+import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import pysam
-from pysam.libcbgzf import BGZFile
 
 from ragtrain.metrics import dr2_from_haplotypes
 from stores.atomic import atomic_path
@@ -31,6 +35,70 @@ from stores.reader import EmbeddingStore
 SCALE = 1000  # printed precision: thousandths
 FORMAT = "GT:DS:GP:HDS"
 CHUNK_SITES = 256  # sites formatted at a time (bounds memory at ~CHUNK_SITES x samples strings)
+
+
+BGZF_BLOCK = 0xFF00
+"""Uncompressed bytes a BGZF block, as htslib fills them (a block's compressed size stays under 64 KiB)."""
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+"""The empty block that ends every BGZF file (SAM/BAM specification, 4.1.2)."""
+
+
+def bgzf_block(data: bytes) -> bytes:
+    """One BGZF block (a gzip member with the BC extra field giving its size) of up to BGZF_BLOCK bytes, deflated
+    as htslib deflates (level 6, raw window of 15 bits)."""
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+    deflated = packer.compress(data) + packer.flush()
+    header = struct.pack("<BBBBIBBHBBHH", 31, 139, 8, 4, 0, 0, 255, 6, 66, 67, 2, len(deflated) + 25)
+    return header + deflated + struct.pack("<II", zlib.crc32(data), len(data))
+
+
+class BgzfWriter:
+    """A bgzipped file written as htslib's bgzf writes one (the same blocks), its blocks deflated in worker
+    threads while the caller formats the next lines (zlib lets go of the GIL: pysam's BGZFile deflates in the
+    caller's thread). Blocks reach the file in order; at most `ahead` wait at once."""
+
+    def __init__(self, path: str | Path, threads: int = 2, ahead: int = 16) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 (the writer's own: closed by close() or on an error)
+        self._pool = ThreadPoolExecutor(max_workers=threads)
+        self._pending: deque[Future] = deque()
+        self._buffer = bytearray()
+        self._ahead = ahead
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= BGZF_BLOCK:
+            self._submit(bytes(self._buffer[:BGZF_BLOCK]))
+            del self._buffer[:BGZF_BLOCK]
+
+    def _submit(self, block: bytes) -> None:
+        self._pending.append(self._pool.submit(bgzf_block, block))
+        while len(self._pending) > self._ahead:
+            self._file.write(self._pending.popleft().result())
+
+    def close(self) -> None:
+        """Write what is left and the end-of-file block (on success only: an aborted file has no EOF block)."""
+        try:
+            if self._buffer:
+                self._submit(bytes(self._buffer))
+                self._buffer.clear()
+            while self._pending:
+                self._file.write(self._pending.popleft().result())
+            self._file.write(BGZF_EOF)
+        finally:
+            self._abort()
+
+    def _abort(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._abort()
 
 
 @dataclass
@@ -100,13 +168,12 @@ def write_imputed_vcf(
             break
         starts.append(cut)
     bounds = list(zip(starts, starts[1:] + [n_sites]))
+    sample_fields = _SampleFields()
 
     verbosity = pysam.set_verbosity(0)  # a failed write is our one error line, not htslib's as well
     try:  # the index renamed into place first, then the VCF: a VCF is never there without its index
         with atomic_path(out) as tmp, atomic_path(f"{out}.tbi", out) as tmp_index:
-            with open(tmp, "wb"):  # fails cleanly where BGZFile would crash (an unwritable path)
-                pass
-            with BGZFile(str(tmp), "wb") as handle:
+            with BgzfWriter(tmp) as handle:
                 handle.write(_header(sites, sample_ids, source).encode())
                 for start, stop in bounds:
                     rows = order[start:stop]
@@ -117,7 +184,7 @@ def write_imputed_vcf(
                         present = chunk.copy()
                         present[:, 1::2][single] = np.nan
                     dr2 = dr2_from_haplotypes(present)
-                    columns = _sample_columns(np.rint(chunk * SCALE).astype(np.int32), single)
+                    columns = sample_fields.columns(np.rint(chunk * SCALE).astype(np.int64), single)
                     lines = [
                         f"{sites.contig}\t{int(sites.positions[i])}\t.\t{sites.ref[i]}\t{sites.alt[i]}\t.\tPASS\t"
                         f"AF={_trim(f'{float(sites.af[i]):.4f}')};DR2={_milli(round(float(r2) * SCALE))}"
@@ -190,9 +257,7 @@ def concatenate_vcfs(parts: list[Path], out: str | Path) -> Path:
     verbosity = pysam.set_verbosity(0)
     try:
         with atomic_path(out) as tmp, atomic_path(f"{out}.tbi", out) as tmp_index:
-            with open(tmp, "wb"):  # fails cleanly where BGZFile would crash (an unwritable path)
-                pass
-            with BGZFile(str(tmp), "wb") as handle:
+            with BgzfWriter(tmp) as handle:
                 handle.write("".join(header).encode())
                 for part in parts:
                     with gzip.open(part, "rb") as records:
@@ -269,22 +334,35 @@ def _header(sites: Sites, sample_ids: np.ndarray, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sample_columns(milli: np.ndarray, haploid: np.ndarray | None = None) -> list[str]:
+class _SampleFields:
     """Tab-joined sample fields of each site from haplotype ALT probabilities in thousandths [sites, 2N]; a call
     marked in `haploid` [sites, N] is written from its first haplotype alone.
 
     A sample's field depends only on its two rounded probabilities (or one, haploid): each distinct code is
-    formatted once, with numpy string operations, and the sites' columns are gathered from those.
-    """
-    pairs = milli[:, 0::2] * (SCALE + 1) + milli[:, 1::2]
-    if haploid is not None:
-        pairs = np.where(haploid, (SCALE + 1) ** 2 + milli[:, 0::2], pairs)  # codes past every pair's
-    unique, inverse = np.unique(pairs, return_inverse=True)
-    single = unique >= (SCALE + 1) ** 2
-    fields = np.empty(unique.shape, dtype=object)
-    fields[~single] = _genotype_fields(unique[~single] // (SCALE + 1), unique[~single] % (SCALE + 1))
-    fields[single] = _haploid_fields(unique[single] - (SCALE + 1) ** 2)
-    return ["\t".join(row) for row in fields[inverse.reshape(pairs.shape)].tolist()]
+    formatted once, with numpy string operations, the first time a chunk of sites meets it, and looked up after
+    that (sorting every chunk's codes for its distinct ones took a third of the writer's time)."""
+
+    CODES = (SCALE + 1) ** 2 + SCALE + 1  # pairs of thousandths, then haploid calls past every pair's
+
+    def __init__(self) -> None:
+        self._index = np.full(self.CODES, -1, dtype=np.int64)
+        self._fields = np.empty(0, dtype=object)
+
+    def columns(self, milli: np.ndarray, haploid: np.ndarray | None = None) -> list[str]:
+        codes = milli[:, 0::2] * (SCALE + 1) + milli[:, 1::2]
+        if haploid is not None:
+            codes = np.where(haploid, (SCALE + 1) ** 2 + milli[:, 0::2], codes)
+        index = self._index[codes]
+        if (index < 0).any():
+            new = np.unique(codes[index < 0])
+            single = new >= (SCALE + 1) ** 2
+            fields = np.empty(new.shape, dtype=object)
+            fields[~single] = _genotype_fields(new[~single] // (SCALE + 1), new[~single] % (SCALE + 1))
+            fields[single] = _haploid_fields(new[single] - (SCALE + 1) ** 2)
+            self._index[new] = np.arange(self._fields.size, self._fields.size + new.size)
+            self._fields = np.concatenate([self._fields, fields])
+            index = self._index[codes]
+        return ["\t".join(row) for row in self._fields[index].tolist()]
 
 
 def _haploid_fields(h: np.ndarray) -> np.ndarray:

@@ -66,7 +66,7 @@ def test_retrieval_beats_no_retrieval(store_path, tmp_path):
 def test_neighbours_mode_fuses_retrieved_alleles_without_reading_the_store(store_path, tmp_path, one_thread,
                                                                           monkeypatch):
     """The ablation of the stored memory: neighbours are retrieved and fused, their embeddings never read."""
-    trainer = Trainer(options(store_path, tmp_path / "nb", rag_mode="neighbours", max_steps=30, eval_every=30))
+    trainer = Trainer(options(store_path, tmp_path / "nb", rag_mode="neighbours", max_steps=100, eval_every=100))
     monkeypatch.setattr(EmbeddingStore, "read_neighbours", lambda *a: pytest.fail("the store's memory was read"))
     batch = trainer.builder().build(0, 0, np.arange(16))
     assert batch.memory is None and batch.neighbour_tokens is not None
@@ -81,7 +81,7 @@ def test_neighbours_mode_fuses_retrieved_alleles_without_reading_the_store(store
 def test_online_mode_trains_the_bert_through_the_neighbours(store_path, tmp_path, one_thread):
     """Online memory runs the retrieved haplotypes through the trainable BERT: its loss falls, and its memory
     carries gradients into the BERT (precomputed memory does not)."""
-    trainer = Trainer(options(store_path, tmp_path / "online", rag_mode="online", max_steps=30, eval_every=30))
+    trainer = Trainer(options(store_path, tmp_path / "online", rag_mode="online", max_steps=100, eval_every=100))
     batch = trainer.builder().build(0, 0, np.arange(16))
     memory = trainer.model.online_memory(batch.neighbour_tokens, batch.af, batch.valid)
     memory.sum().backward()

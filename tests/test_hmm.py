@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 import torch
 
 from ragtrain import hmm
@@ -138,7 +139,11 @@ def test_per_query_states_equal_the_copying_model_over_those_haplotypes_alone(mo
     np.testing.assert_allclose(alt_probability(result, slice(10, 50), alleles[:, 10:50]), p, rtol=1e-5, atol=1e-7)
 
 
-def test_queries_observing_the_same_sites_equal_the_general_pass():
+@pytest.mark.parametrize("emission_block", [256, 5], ids=["one-table", "tables-of-5-steps"])
+def test_queries_observing_the_same_sites_equal_the_general_pass(monkeypatch, emission_block):
+    """Shared sites: emissions read from each step's table over the haplotypes (built `EMISSION_BLOCK` steps at
+    a time); otherwise from the states' carried alleles."""
+    monkeypatch.setattr(hmm, "EMISSION_BLOCK", emission_block)
     rng = np.random.default_rng(8)
     alleles = rng.integers(0, 2, size=(40, 80)).astype(np.int8)
     typed = rng.random(80) < 0.3
@@ -149,6 +154,7 @@ def test_queries_observing_the_same_sites_equal_the_general_pass():
     other = np.where(rng.random(80) < 0.3, 1, -1).astype(np.int8)[None]  # a fourth query observing other sites
     general = run(alleles, np.concatenate([query, other]), cm, states=states, ne=5000, mismatch=0.01)
     n = int(typed.sum())
+    assert n > 2 * emission_block or emission_block > n
     np.testing.assert_allclose(shared.gamma[:n].numpy(), general.gamma[:n, :3].numpy(), rtol=1e-6, atol=1e-9)
 
 

@@ -3,11 +3,12 @@ the network run over only the sites it can change equals it run over those sites
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ragprep.model import MASK, PAD, BertConfig
 from ragtrain.hmm import WEIGHT_BUCKETS
-from ragtrain.model import MemoryFusion, ModelConfig, RagImputer, network_passes, row_groups
+from ragtrain.model import ROW_WIDTH_STEP, MemoryFusion, ModelConfig, RagImputer, network_passes, row_groups
 from ragtrain.retrieval import MATCH_BUCKETS, RetrievalSpec
 
 
@@ -51,12 +52,13 @@ def imputer_inputs(b: int, length: int, k: int, d_memory: int, generator: torch.
             "memory_scales": torch.rand(b, k, length, generator=generator).half() / 100}
 
 
-def twin_imputers(confident: float) -> tuple[RagImputer, RagImputer]:
+def twin_imputers(confident: float, fusion_layers: tuple[int, ...]) -> tuple[RagImputer, RagImputer]:
     """The same weights, pruning at `confident` and running over every site; position embeddings zero, so a
     site's logits cannot depend on where its window's other kept sites lie."""
     bert = BertConfig(d_model=32, n_layers=2, n_heads=4, window=24, d_memory=8)
-    pruned = RagImputer(ModelConfig(bert=bert, confident=confident), RetrievalSpec(k=3)).eval()
-    whole = RagImputer(ModelConfig(bert=bert, confident=0.0), RetrievalSpec(k=3)).eval()
+    pruned = RagImputer(ModelConfig(bert=bert, confident=confident, fusion_layers=fusion_layers),
+                        RetrievalSpec(k=3)).eval()
+    whole = RagImputer(ModelConfig(bert=bert, confident=0.0, fusion_layers=fusion_layers), RetrievalSpec(k=3)).eval()
     with torch.no_grad():
         for p in pruned.parameters():
             p.add_(0.05 * torch.randn_like(p))  # the untrained head is near zero: give it something to say
@@ -65,9 +67,15 @@ def twin_imputers(confident: float) -> tuple[RagImputer, RagImputer]:
     return pruned, whole
 
 
-def test_pruned_network_equals_the_whole_network_at_the_unsure_sites():
+FUSED = pytest.mark.parametrize("fusion_layers", [(), (1,)], ids=["fused-every-layer", "fused-last-layer"])
+"""Fusion after every layer, or after the last alone (packed sites then read the memory at their outputs alone)."""
+
+
+@FUSED
+def test_pruned_network_equals_the_whole_network_at_the_unsure_sites(fusion_layers):
     generator = torch.Generator().manual_seed(3)
-    pruned, whole = twin_imputers(confident=1e-3)
+    pruned, whole = twin_imputers(1e-3, fusion_layers)
+    assert pruned.memory_at_outputs == (fusion_layers == (1,))
     inputs = imputer_inputs(4, 24, 3, 8, generator)
     p = inputs["copy_prob"]
     hidden = inputs["tokens"] == MASK
@@ -94,9 +102,10 @@ def test_pruned_network_equals_the_whole_network_at_the_unsure_sites():
         assert not torch.allclose(expected, copying[row][unsure[row]], atol=1e-3)  # the network did change them
 
 
-def test_pruned_network_trains_and_every_site_kept_is_the_whole_network():
+@FUSED
+def test_pruned_network_trains_and_every_site_kept_is_the_whole_network(fusion_layers):
     generator = torch.Generator().manual_seed(4)
-    pruned, whole = twin_imputers(confident=1e-3)
+    pruned, whole = twin_imputers(1e-3, fusion_layers)
     inputs = imputer_inputs(3, 24, 3, 8, generator)
     inputs["copy_prob"] = 0.1 + 0.8 * inputs["copy_prob"]  # every hidden site unsure: nothing left out
     hidden = (inputs["tokens"] == MASK) & inputs["valid"]  # padding and observed sites: never read
@@ -105,18 +114,21 @@ def test_pruned_network_trains_and_every_site_kept_is_the_whole_network():
     pruned.train()
     pruned(**inputs)[..., 1].sum().backward()
     assert pruned.bert.blocks[0].attn.q.weight.grad.abs().sum() > 0
-    assert pruned.fusions["0"].attn.kv.weight.grad.abs().sum() > 0
+    assert pruned.fusions[str((fusion_layers or (0,))[0])].attn.kv.weight.grad.abs().sum() > 0
+    assert pruned.neighbour_memory.alleles.weight.grad.abs().sum() > 0
 
 
-def test_row_groups_pad_each_row_to_its_own_power_of_two_within_the_budget():
+def test_row_groups_pad_each_row_to_its_own_width_within_the_budget():
     counts = [150, 100, 90, 64, 63, 33, 32, 17, 16, 3, 1, 1]  # widest first, as the model sorts them
-    groups = row_groups(counts, length=160, budget=300)
+    groups = row_groups(counts, length=152, budget=300)
     assert [g.start for g, _ in groups] == [0] + [g.stop for g, _ in groups][:-1] and groups[-1][0].stop == 12
     for group, width in groups:
-        for count in counts[group]:
-            assert count <= width <= 160 and (width == 160 or width < 2 * count)  # the row's own width
+        for count in counts[group]:  # the row's own width: its count rounded up to the step, or the window
+            assert count <= width <= 152 and (width == 152 or width - ROW_WIDTH_STEP < count)
+            assert width == 152 or width % ROW_WIDTH_STEP == 0
         assert (group.stop - group.start) * width <= 300 or group.stop - group.start == 1
-    assert [(g.stop - g.start, w) for g, w in groups] == [(1, 160), (2, 128), (3, 64), (2, 32), (1, 16), (1, 4), (2, 1)]
+    assert [(g.stop - g.start, w) for g, w in groups] == [(1, 152), (1, 112), (1, 96), (2, 64), (1, 48), (2, 32), (4, 16)]
+    assert [(g.stop - g.start, w) for g, w in row_groups([16, 3, 1, 1], length=152, budget=40)] == [(2, 16), (2, 16)]
 
 
 def test_network_passes_take_every_group_once_within_the_budget():

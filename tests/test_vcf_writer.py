@@ -7,11 +7,12 @@ import pysam
 import pytest
 from cyvcf2 import VCF
 from pysam import bcftools
+from pysam.libcbgzf import BGZFile
 
 from ragprep.vcf import read_panel
 from ragtrain.metrics import dr2_from_haplotypes as dr2_from_haplotype_probs
 from ragtrain.targets import load_targets
-from ragtrain.vcf_writer import SCALE, Sites, _genotype_fields, write_imputed_vcf
+from ragtrain.vcf_writer import BGZF_BLOCK, SCALE, BgzfWriter, Sites, _genotype_fields, write_imputed_vcf
 from stores import open_store
 from stores.errors import UserError
 
@@ -159,6 +160,22 @@ def test_plain_arrays_unsorted_sites_are_written_sorted(tmp_path):
     np.testing.assert_allclose(records[0].format("HDS")[0], [0.0, 1.0])
     assert all(r.INFO.get("IMP") for r in records)
     assert "##contig=<ID=chr1>" in VCF(str(out)).raw_header
+
+
+def test_bgzf_writer_writes_the_blocks_htslib_writes(tmp_path):
+    """Deflated in threads, the blocks come out in order and byte for byte as pysam's (htslib's) BGZFile writes
+    them, across block boundaries and writes of any size."""
+    rng = np.random.default_rng(3)
+    text = "".join(f"chr22\t{i}\t{rng.integers(0, 1000)}\n" for i in range(40_000)).encode()
+    assert len(text) > 5 * BGZF_BLOCK
+    with BGZFile(str(tmp_path / "htslib.gz"), "wb") as handle:
+        handle.write(text)
+    with BgzfWriter(tmp_path / "ours.gz", ahead=2) as handle:
+        for start, stop in [(0, 10), (10, 70_000), (70_000, 200_001), (200_001, len(text))]:
+            handle.write(text[start:stop])
+    assert (tmp_path / "ours.gz").read_bytes() == (tmp_path / "htslib.gz").read_bytes()
+    with BGZFile(str(tmp_path / "ours.gz"), "rb") as handle:
+        assert handle.read() == text
 
 
 def test_bad_arguments(tmp_path):
