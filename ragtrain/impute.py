@@ -150,7 +150,8 @@ class Imputer:
                     else:
                         batch = batch.to(self.device)
                         logits = torch.cat([batch_logits(model, part) for part in batch.split(self.network_rows())])
-                        p_alt = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy().T
+                        logits = logits.float()  # P(ALT): softmax over (REF, ALT) as the sigmoid of their difference
+                        p_alt = torch.sigmoid(logits[..., 1] - logits[..., 0]).cpu().numpy().T
                 with clock.stage("stitching"):
                     span = plan.sites(batch.window)
                     keep = plan.core(batch.window) if self.stitch == "core" else span

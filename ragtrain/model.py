@@ -100,12 +100,14 @@ class NeighbourMemory(nn.Module):
         dtype = self.norm.weight.dtype
         m = memory.to(dtype) if memory is not None else torch.zeros(
             (*neighbour_tokens.shape, self.norm.normalized_shape[0]), dtype=dtype, device=neighbour_tokens.device)
-        if self.alleles is not None:
-            m = m + self.alleles(neighbour_tokens)
-        if self.match is not None:
-            m = m + self.match(neighbour_match)
-        if self.weight is not None:
-            m = m + self.weight(neighbour_weight)
+        parts = [(table, index) for table, index in ((self.alleles, neighbour_tokens), (self.match, neighbour_match),
+                                                     (self.weight, neighbour_weight)) if table is not None]
+        if parts:  # one lookup in a table of every combination's sum: one pass over [..., k, d_mem], not three
+            combined, index = parts[0][0].weight, parts[0][1]
+            for table, part in parts[1:]:
+                combined = (combined[:, None, :] + table.weight[None, :, :]).flatten(0, 1)
+                index = index * table.num_embeddings + part
+            m = m + F.embedding(index, combined)
         if self.adapter is not None:
             m = m + self.adapter(m)
         return self.norm(m)
