@@ -89,7 +89,7 @@ class Packed:
     `outputs`, O of them), each row's among them (indices into the O, O where the row has fewer than W)."""
 
     rows: tuple[torch.Tensor, ...]
-    queries: tuple[torch.Tensor, ...] = ()
+    queries: tuple[torch.Tensor, ...]
 
 
 def attention_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
@@ -135,7 +135,7 @@ class Attention(nn.Module):
         n_queries = q.shape[0] - 1
         y = x.new_zeros((n_queries + 1, d_model))
         dropout = self.dropout if self.training else 0.0
-        for index, place in zip(packed.rows, places):
+        for index, place in zip(packed.rows, places, strict=True):
             k, v = (self._heads(t) for t in kv[index].chunk(2, dim=-1))
             mask = (index < n_tokens)[:, None, None, :]
             rows = F.scaled_dot_product_attention(self._heads(q[place]), k, v, attn_mask=mask, dropout_p=dropout)

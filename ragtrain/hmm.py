@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -178,16 +179,16 @@ def _emissions(alleles: torch.Tensor, obs: torch.Tensor, states: torch.Tensor, q
         # every step padding, its emission replaced)
         row = query.clamp(min=0).to(torch.int64) * n_hap
         both = torch.arange(2, dtype=alleles.dtype, device=alleles.device)[:, None]
-        table: dict[int, torch.Tensor] = {}
+
+        @lru_cache(maxsize=1)
+        def table(block: int) -> torch.Tensor:
+            """[steps, 2 H]: the block's steps' emission rows, query allele REF then ALT."""
+            carried = alleles[:, steps[0, block * EMISSION_BLOCK:(block + 1) * EMISSION_BLOCK]].T  # [steps, H]
+            return scaled(carried[:, None, :] == both).flatten(1)
 
         def from_table(m: int) -> torch.Tensor:
-            block = m // EMISSION_BLOCK
-            if block not in table:
-                table.clear()
-                carried = alleles[:, steps[0, block * EMISSION_BLOCK:(block + 1) * EMISSION_BLOCK]].T  # [steps, H]
-                table[block] = scaled(carried[:, None, :] == both).flatten(1)  # [steps, 2 H]
             flat = torch.add(states, row[:, m, None])
-            return table[block][m % EMISSION_BLOCK].index_select(0, flat.flatten()).view(states.shape)
+            return table(m // EMISSION_BLOCK)[m % EMISSION_BLOCK].index_select(0, flat.flatten()).view(states.shape)
         return from_table
     by_site = alleles.T  # [S, H]
     carried = torch.empty((obs.shape[1], *states.shape), dtype=alleles.dtype, device=alleles.device)

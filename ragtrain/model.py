@@ -280,8 +280,9 @@ class RagImputer(nn.Module):
             if self.config.fusion == "aligned" and packed is None:  # site-major, once for every fused layer
                 memory = memory.transpose(1, 2).contiguous()
         last = self.config.bert.n_layers - 1
-        at_outputs = outputs is None or memory is None or self.memory_at_outputs  # what the last block reads
-        memory_out = memory if at_outputs else memory[outputs]
+        # the memory at the sites the last block returns: as given, unless it came at every kept site
+        memory_out = memory[outputs] if outputs is not None and memory is not None and not self.memory_at_outputs \
+            else memory
 
         def fuse(layer: int, x: torch.Tensor) -> torch.Tensor:
             if str(layer) not in self.fusions:
